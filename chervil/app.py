@@ -1,0 +1,130 @@
+"""``Chervil``: the task registry, its settings, its broker, and enqueue."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .brokers import open_broker
+from .brokers.base import Broker
+from .clock import Clock, SystemClock
+from .errors import ConfigurationError, UnknownTask
+from .retry import Retry
+from .settings import Settings
+from .task import JobHandle, PreparedJob, Task, TaskOptions, check_sensitive, task_name
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Chervil:
+    """A chervil application.
+
+    ``Chervil()`` reads ``CHERVIL_BROKER_URL``, else uses the SQLite file ``./chervil.db``.
+    The broker connects lazily, on first use, so worker processes each open their own.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 clock: Clock | None = None, **setting_overrides: Any) -> None:
+        self.settings = settings or Settings.load(broker_url=url, **setting_overrides)
+        self.clock: Clock = clock or SystemClock()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Chervil {self.settings.broker_url} tasks={len(self.tasks)}>"
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    broker = open_broker(self.settings.broker_url, self.clock)
+                    broker.max_lost_leases = self.settings.max_lost_leases
+                    self._broker = broker
+        return self._broker
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+    # -- registering ---------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: None = None, /, *, name: str | None = None, queue: str = "default",
+             priority: int = 0,
+             retry: Retry | None = None, timeout: float | None = None,
+             sensitive: Collection[str] = (), store_result: bool = False,
+             unique: str | None = None, version: str | None = None,
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+             queue: str = "default", priority: int = 0, retry: Retry | None = None,
+             timeout: float | None = None, sensitive: Collection[str] = (),
+             store_result: bool = False, unique: str | None = None,
+             version: str | None = None) -> Any:
+        """Register a function as a task (``@app.task`` or ``@app.task(queue=...)``)."""
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive seconds, got {timeout}")
+        if not queue or ":" in queue or "," in queue:
+            raise ConfigurationError(f"queue name {queue!r} must be non-empty, without ':' or ','")
+        options = TaskOptions(queue=queue, priority=priority, retry=retry or Retry(),
+                              timeout=timeout, sensitive=check_sensitive(sensitive),
+                              store_result=store_result, unique=unique, version=version)
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task_name_ = name or task_name(f)
+            if task_name_ in self.tasks:
+                raise ConfigurationError(f"a task named {task_name_!r} is already registered; "
+                                         "give one of them name=...")
+            t = Task(self, f, task_name_, options)
+            self.tasks[task_name_] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(f"no task named {name!r} in this app; registered: "
+                              f"{sorted(self.tasks) or 'none'}") from None
+
+    # -- enqueueing ----------------------------------------------------------------------
+    def enqueue_many(self, calls: Sequence[PreparedJob]) -> list[JobHandle[Any]]:
+        """Commit many jobs in one round trip (``task.prepare(...)`` builds each)."""
+        if not calls:
+            return []
+        results = self.broker.enqueue([c.new_job for c in calls])
+        return [JobHandle(self, r.id, r.duplicate) for r in results]
+
+    def enqueue(self, task: str, *args: Any, **kwargs: Any) -> JobHandle[Any]:
+        """Enqueue by task name (for tools; code should use ``task.enqueue``)."""
+        return self.get_task(task).enqueue(*args, **kwargs)
+
+    def job(self, job_id: str) -> JobHandle[Any]:
+        return JobHandle(self, job_id)
+
+
+def load_app(path: str) -> Chervil:
+    """Import ``package.module:attribute`` (attribute defaults to ``app``)."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"cannot import {module_name!r} ({exc}); give the app as module.path:app "
+            "and run from the directory that holds the module") from exc
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, Chervil):
+        raise ConfigurationError(
+            f"{module_name}:{attr or 'app'} is not a Chervil app; point at the object "
+            "created with Chervil(...)")
+    return app

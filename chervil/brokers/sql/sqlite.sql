@@ -1,0 +1,148 @@
+-- Statements of the SQLite broker (chervil/brokers/sqlite.py). Every write runs inside
+-- BEGIN IMMEDIATE ... COMMIT, so each verb is one atomic transaction.
+-- Tables: chervil_jobs, chervil_queues, chervil_workers, chervil_leases.
+
+-- name: insert_job
+INSERT OR IGNORE INTO chervil_jobs
+    (id, task, queue, priority, payload, status, max_attempts, created_at, run_at,
+     unique_key, task_version, trace)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: find_unique
+SELECT id FROM chervil_jobs
+WHERE unique_key = ? AND status IN ('scheduled', 'queued', 'running');
+
+-- name: promote_due
+UPDATE chervil_jobs SET status = 'queued'
+WHERE status = 'scheduled' AND run_at <= ?;
+
+-- name: paused_queues
+SELECT name FROM chervil_queues WHERE paused = 1;
+
+-- name: reserve
+UPDATE chervil_jobs
+SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_until = ?,
+    started_at = ?, worker = ?
+WHERE id IN (SELECT id FROM chervil_jobs WHERE status = 'queued' AND queue = ?
+             ORDER BY priority DESC, run_at, id LIMIT ?)
+RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace;
+
+-- name: extend
+UPDATE chervil_jobs SET lease_until = ?
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: finish_succeeded
+UPDATE chervil_jobs
+SET status = 'succeeded', finished_at = ?, lease_until = NULL, result = ?,
+    last_error = COALESCE(?, last_error)
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: finish_retry
+UPDATE chervil_jobs
+SET status = 'scheduled', run_at = ?, lease_until = NULL, last_error = ?, worker = NULL
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: finish_dead
+UPDATE chervil_jobs
+SET status = 'dead', finished_at = ?, lease_until = NULL, dead_reason = ?, last_error = ?
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: release
+UPDATE chervil_jobs
+SET status = CASE WHEN ? > 0 THEN 'scheduled' ELSE 'queued' END, run_at = ?,
+    attempts = MAX(attempts - 1, 0), lease_until = NULL, lease_token = NULL, worker = NULL
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: expired_leases
+SELECT id, lease_token FROM chervil_jobs WHERE status = 'running' AND lease_until < ?;
+
+-- name: recover_one
+UPDATE chervil_jobs
+SET status = CASE WHEN lost_leases + 1 >= ? THEN 'dead' ELSE 'queued' END,
+    dead_reason = CASE WHEN lost_leases + 1 >= ? THEN 'worker_lost' ELSE dead_reason END,
+    finished_at = CASE WHEN lost_leases + 1 >= ? THEN ? ELSE finished_at END,
+    last_error = ?,
+    lost_leases = lost_leases + 1, run_at = ?, lease_until = NULL, lease_token = NULL,
+    worker = NULL
+WHERE id = ? AND lease_token = ? AND status = 'running';
+
+-- name: requeue
+UPDATE chervil_jobs
+SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
+    finished_at = NULL, lease_token = NULL
+WHERE id = ? AND status IN ('dead', 'scheduled', 'cancelled');
+
+-- name: requeue_dead
+UPDATE chervil_jobs
+SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
+    finished_at = NULL, lease_token = NULL
+WHERE status = 'dead' AND (? IS NULL OR queue = ?) AND (? IS NULL OR task = ?);
+
+-- name: cancel
+UPDATE chervil_jobs SET status = 'cancelled', finished_at = ?
+WHERE id = ? AND status IN ('scheduled', 'queued');
+
+-- name: purge
+UPDATE chervil_jobs SET status = 'cancelled', finished_at = ?
+WHERE queue = ? AND status IN ('scheduled', 'queued');
+
+-- name: set_paused
+INSERT INTO chervil_queues (name, paused) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
+
+-- name: prune
+DELETE FROM chervil_jobs WHERE id IN (
+    SELECT id FROM chervil_jobs
+    WHERE (status = 'succeeded' AND finished_at < ?)
+       OR (status IN ('dead', 'cancelled') AND finished_at < ?)
+    LIMIT ?);
+
+-- name: get
+SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace
+FROM chervil_jobs WHERE id = ?;
+
+-- name: list_jobs
+SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace
+FROM chervil_jobs
+WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR task = ?3)
+  AND (?4 IS NULL OR id < ?4)
+ORDER BY id DESC LIMIT ?5;
+
+-- name: count_by_status
+SELECT queue, status, COUNT(*) FROM chervil_jobs GROUP BY queue, status;
+
+-- name: oldest_ready
+SELECT queue, MIN(run_at) FROM chervil_jobs WHERE status = 'queued' GROUP BY queue;
+
+-- name: next_due
+SELECT MIN(run_at) FROM chervil_jobs WHERE status = 'scheduled';
+
+-- name: all_queues
+SELECT name, paused FROM chervil_queues;
+
+-- name: upsert_worker
+INSERT INTO chervil_workers (id, info, seen_at) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET info = excluded.info, seen_at = excluded.seen_at;
+
+-- name: delete_worker
+DELETE FROM chervil_workers WHERE id = ?;
+
+-- name: live_workers
+SELECT info, seen_at FROM chervil_workers WHERE seen_at >= ?;
+
+-- name: forget_workers
+DELETE FROM chervil_workers WHERE seen_at < ?;
+
+-- name: acquire_lease
+INSERT INTO chervil_leases (name, owner, until) VALUES (?1, ?2, ?3)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE chervil_leases.owner = excluded.owner OR chervil_leases.until < ?4;
+
+-- name: release_lease
+DELETE FROM chervil_leases WHERE name = ? AND owner = ?;

@@ -1,0 +1,1 @@
+"""Workers: a supervisor process (``supervisor.py``) running child processes (``child.py``)."""

@@ -1,0 +1,341 @@
+"""One worker child process: a fetcher, ``threads`` executors, a finisher, a heartbeat.
+
+    fetcher (main thread)  reserve up to the free slots -> inbox; wait on the broker
+    executor threads       inbox -> runner.execute -> outbox (a slot is free again)
+    finisher thread        outbox -> broker.finish, in batches of whatever is waiting
+    heartbeat thread       extend every held lease, announce the worker, recover
+                           expired leases of others, prune by retention
+
+The child tells its supervisor what it holds over a pipe (see ``report.py``), so that
+the supervisor can enforce hard time limits and hand jobs back if the child dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+
+from ..app import Chervil
+from ..brokers.base import Lease, Outcome, WorkerInfo
+from ..errors import ChervilError
+from ..job import Job
+from ..runner import execute
+from .queues import QueueSpec
+from .report import Reporter
+
+log = logging.getLogger("chervil.worker")
+
+UNKNOWN_TASK_RETRY_SECONDS = 5.0
+FINISH_BATCH = 500
+
+
+class Child:
+    def __init__(self, app: Chervil, queues: QueueSpec, threads: int = 4, *,
+                 worker_id: str | None = None, burst: bool = False,
+                 max_jobs: int | None = None, grace_seconds: float = 30.0,
+                 poll_seconds: float = 1.0, reporter: Reporter | None = None) -> None:
+        self.app = app
+        self.broker = app.broker
+        self.queues = queues
+        self.threads = threads
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.grace_seconds = grace_seconds
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = app.settings.lease_seconds
+        self.reporter = reporter or Reporter(None)
+        self.started_at = app.clock.now()
+
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._free = threads
+        self._held: dict[str, Job] = {}
+        self._stopping = threading.Event()
+        self._done = 0
+        self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0}
+        self._live_tasks: tuple[float, set[str]] = (0.0, set())
+
+    # -- control --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reserving; running jobs finish, unstarted ones are handed back."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+
+    def run(self) -> int:
+        executors = [threading.Thread(target=self._execute_loop, name=f"chervil-exec-{i}",
+                                      daemon=True) for i in range(self.threads)]
+        finisher = threading.Thread(target=self._finish_loop, name="chervil-finish",
+                                    daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="chervil-heartbeat",
+                                     daemon=True)
+        for t in (*executors, finisher, heartbeat):
+            t.start()
+        self._announce()
+        try:
+            self._fetch_loop()
+        finally:
+            self._shutdown(executors, finisher)
+        return 0
+
+    # -- fetcher --------------------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        backoff = 0.0
+        while not self._stopping.is_set():
+            with self._cond:
+                while self._free == 0 and not self._stopping.is_set():
+                    self._cond.wait(1.0)
+                free = self._free
+            if self._stopping.is_set():
+                break
+            try:
+                jobs = self.broker.reserve(self.queues.order(), free, self.id,
+                                           self.lease_seconds)
+                if backoff:
+                    log.warning("broker reachable again; resuming")
+                    backoff = 0.0
+            except ChervilError as exc:
+                backoff = self._broker_down(exc, backoff)
+                continue
+            except Exception as exc:  # driver errors: connection reset and the like
+                backoff = self._broker_down(exc, backoff)
+                continue
+            if jobs:
+                with self._cond:
+                    self._free -= len(jobs)
+                    for job in jobs:
+                        self._held[job.id] = job
+                self.reporter.held(jobs)
+                for job in jobs:
+                    self._inbox.put(job)
+                continue
+            if self.burst:
+                with self._cond:
+                    idle = self._free == self.threads and not self._held
+                if idle:
+                    break
+                time.sleep(0.01)
+                continue
+            try:
+                self.broker.wait(self.queues.names, self.poll_seconds)
+            except Exception as exc:
+                backoff = self._broker_down(exc, backoff)
+
+    def _broker_down(self, exc: BaseException, backoff: float) -> float:
+        backoff = min(max(backoff * 2, 0.1), 5.0)
+        log.warning("broker unavailable (%s: %s); retrying in %.1f s",
+                    type(exc).__name__, exc, backoff)
+        self._stopping.wait(backoff)
+        return backoff
+
+    # -- executors ------------------------------------------------------------------------
+    def _execute_loop(self) -> None:
+        settings = self.app.settings
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            task = self.app.tasks.get(job.task)
+            if task is None and self._handed_back(job):
+                continue
+            self.reporter.started(job, task.options.timeout if task else None)
+            outcome = execute(task, job, self.app.clock, settings.payload_limit_bytes)
+            self._outbox.put(outcome)
+            with self._cond:
+                self._free += 1
+                self._done += 1
+                self._cond.notify()
+                if self.max_jobs is not None and self._done >= self.max_jobs:
+                    self.stop()
+
+    def _handed_back(self, job: Job) -> bool:
+        """An unknown task another live worker runs: hand it back, within a bounded wait."""
+        waited = self.app.clock.now() - job.created_at
+        if waited > self.app.settings.unknown_task_wait_seconds:
+            return False
+        if job.task not in self._tasks_of_live_workers():
+            return False
+        try:
+            self.broker.release([Lease(job.id, job.lease_token or "")],
+                                delay=UNKNOWN_TASK_RETRY_SECONDS)
+        except Exception:
+            log.exception("could not hand back job %s", job.id)
+        with self._cond:
+            self._held.pop(job.id, None)
+            self._free += 1
+            self._cond.notify()
+        self.reporter.done([job.id])
+        return True
+
+    def _tasks_of_live_workers(self) -> set[str]:
+        checked, tasks = self._live_tasks
+        now = time.monotonic()
+        if now - checked > 5.0:
+            tasks = set()
+            for w in self.broker.workers(seen_within=self.lease_seconds):
+                if w.id != self.id:
+                    tasks.update(w.tasks)
+            self._live_tasks = (now, tasks)
+        return tasks
+
+    # -- finisher -------------------------------------------------------------------------
+    def _finish_loop(self) -> None:
+        while True:
+            first = self._outbox.get()
+            if first is None:
+                return
+            batch = [first]
+            closing = False
+            while len(batch) < FINISH_BATCH:
+                try:
+                    item = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            self._finish(batch)
+            if closing:
+                return
+
+    def _finish(self, batch: list[Outcome]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                accepted = self.broker.finish(batch)
+                break
+            except Exception as exc:
+                log.warning("could not record %d outcome(s) (%s: %s); retrying in %.1f s",
+                            len(batch), type(exc).__name__, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        with self._cond:
+            for outcome, ok in zip(batch, accepted, strict=True):
+                self._held.pop(outcome.job_id, None)
+                if not ok:
+                    self._counters["fenced"] += 1
+                    log.warning("job %s: outcome %s rejected, its lease was lost meanwhile",
+                                outcome.job_id, outcome.status.value)
+                elif outcome.status.value == "succeeded":
+                    self._counters["succeeded"] += 1
+                elif outcome.status.value == "scheduled":
+                    self._counters["retried"] += 1
+                    log.info("job %s failed (%s), retry at %.3f", outcome.job_id,
+                             outcome.error.type if outcome.error else "?", outcome.retry_at or 0)
+                else:
+                    self._counters["dead"] += 1
+                    log.warning("job %s dead (%s): %s", outcome.job_id, outcome.dead_reason,
+                                outcome.error.message if outcome.error else "")
+        self.reporter.done([o.job_id for o in batch])
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.lease_seconds / 3)
+        last_prune = 0.0
+        while not self._stopping.wait(interval):
+            try:
+                with self._cond:
+                    leases = [Lease(j.id, j.lease_token or "") for j in self._held.values()]
+                lost = self.broker.extend(leases, self.lease_seconds)
+                for job_id in lost:
+                    log.warning("job %s: lease lost (expired and recovered elsewhere)", job_id)
+                self._announce()
+                self.broker.recover()
+                now = time.monotonic()
+                if now - last_prune > 600:
+                    last_prune = now
+                    wall = self.app.clock.now()
+                    s = self.app.settings
+                    self.broker.prune(wall - s.succeeded_retention_seconds,
+                                      wall - s.dead_retention_seconds)
+            except Exception as exc:
+                log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+    def _announce(self) -> None:
+        with self._cond:
+            held = tuple(self._held)
+            counters = dict(self._counters)
+        with contextlib.suppress(Exception):
+            self.broker.register_worker(WorkerInfo(
+                id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                queues=self.queues.names,
+                tasks={name: t.version for name, t in self.app.tasks.items()},
+                started_at=self.started_at, jobs=held, counters=counters))
+
+    # -- shutdown -------------------------------------------------------------------------
+    def _shutdown(self, executors: list[threading.Thread], finisher: threading.Thread) -> None:
+        unstarted: list[Job] = []
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unstarted.append(job)
+        if unstarted:
+            with contextlib.suppress(Exception):
+                self.broker.release([Lease(j.id, j.lease_token or "") for j in unstarted])
+            with self._cond:
+                for j in unstarted:
+                    self._held.pop(j.id, None)
+            self.reporter.done([j.id for j in unstarted])
+            log.info("handed back %d unstarted job(s)", len(unstarted))
+        for _ in executors:
+            self._inbox.put(None)
+        deadline = time.monotonic() + self.grace_seconds
+        for t in executors:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in executors):
+            log.warning("grace period over with jobs still running; their leases will expire")
+        self._outbox.put(None)
+        finisher.join(max(5.0, deadline - time.monotonic()))
+        with contextlib.suppress(Exception):
+            self.broker.unregister_worker(self.id)
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    """Entry point of a child process started by the supervisor."""
+    import argparse
+    import sys
+
+    from ..app import load_app
+
+    parser = argparse.ArgumentParser(prog="chervil-child")
+    parser.add_argument("app")
+    parser.add_argument("--queues", required=True)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--report-fd", type=int, default=-1)
+    parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--max-jobs", type=int, default=None)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--log-level", default="WARNING")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    sys.path.insert(0, os.getcwd())
+    app = load_app(ns.app)
+    child = Child(app, QueueSpec.parse(ns.queues), ns.threads, worker_id=ns.worker_id,
+                  burst=ns.burst, max_jobs=ns.max_jobs, grace_seconds=ns.grace,
+                  reporter=Reporter(ns.report_fd if ns.report_fd >= 0 else None))
+    child.install_signal_handlers()
+    code = child.run()
+    app.close()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main())

@@ -1,0 +1,226 @@
+"""The supervisor: starts ``-p`` children, enforces hard time limits, replaces the dead.
+
+It reads each child's report pipe (``report.py``) so it always knows which jobs a child
+holds and which it has started. When a job overruns its ``timeout`` the supervisor kills
+that child, fails the job with ``time_limit`` (its retry policy decides what next) and
+hands the child's other jobs back at once without spending an attempt. When a child
+dies on its own, the job it was running counts a lost lease at once, and the rest are
+handed back.
+
+Signals: the first SIGTERM or SIGINT drains (children stop reserving, hand back what
+they have not started, finish the rest within the grace period); a second one kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..app import Chervil
+from ..brokers.base import Lease
+from ..job import DeadReason, ErrorInfo
+from ..runner import failure
+from .queues import QueueSpec
+
+log = logging.getLogger("chervil.worker")
+
+
+@dataclass
+class ChildState:
+    index: int
+    proc: subprocess.Popen[bytes]
+    fd: int
+    buf: bytes = b""
+    held: dict[str, str] = field(default_factory=dict)  # job id -> lease token
+    started: dict[str, float | None] = field(default_factory=dict)  # job id -> deadline
+    overrun: str | None = None  # job id it was killed for
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    queues: QueueSpec
+    processes: int = 1
+    threads: int = 4
+    burst: bool = False
+    max_jobs_per_child: int | None = None
+    grace_seconds: float = 30.0
+    log_level: str = "WARNING"
+
+
+class Supervisor:
+    def __init__(self, app_path: str, app: Chervil, options: WorkerOptions) -> None:
+        self.app_path = app_path
+        self.app = app
+        self.options = options
+        self.children: dict[int, ChildState] = {}
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self.killing = False
+        self.exit_code = 0
+
+    # -- signals --------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping:
+            log.warning("second signal: stopping hard")
+            self.killing = True
+            for c in self.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
+            return
+        log.warning("received %s: draining (send again to stop hard)",
+                    signal.Signals(signum).name)
+        self.stopping = True
+        for c in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGTERM)
+
+    # -- children -------------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        o = self.options
+        cmd = [sys.executable, "-m", "chervil.worker.child", self.app_path,
+               "--queues", str(o.queues), "--threads", str(o.threads),
+               "--worker-id", "", "--report-fd", str(write_fd), "--grace", str(o.grace_seconds),
+               "--log-level", o.log_level]
+        if o.burst:
+            cmd.append("--burst")
+        if o.max_jobs_per_child:
+            cmd += ["--max-jobs", str(o.max_jobs_per_child)]
+        host = socket.gethostname()
+        cmd[cmd.index("--worker-id") + 1] = f"{host}:{os.getpid()}:{index}:{time.time():.0f}"
+        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), cwd=os.getcwd())
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        state = ChildState(index, proc, read_fd)
+        self.children[index] = state
+        self.selector.register(read_fd, selectors.EVENT_READ, state)
+        log.info("child %d started (pid %d)", index, proc.pid)
+
+    def _read(self, c: ChildState) -> None:
+        while True:
+            try:
+                data = os.read(c.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            c.buf += data
+            *lines, c.buf = c.buf.split(b"\n")
+            for line in lines:
+                self._apply(c, line.decode().split())
+
+    @staticmethod
+    def _apply(c: ChildState, parts: list[str]) -> None:
+        if not parts:
+            return
+        kind, rest = parts[0], parts[1:]
+        if kind == "H":
+            for i in range(0, len(rest) - 1, 2):
+                c.held[rest[i]] = rest[i + 1]
+        elif kind == "S" and len(rest) == 2:
+            c.started[rest[0]] = None if rest[1] == "-" else float(rest[1])
+        elif kind == "D":
+            for job_id in rest:
+                c.held.pop(job_id, None)
+                c.started.pop(job_id, None)
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        for c in self.children.values():
+            if c.overrun is not None:
+                continue
+            for job_id, deadline in c.started.items():
+                if deadline is not None and now > deadline:
+                    log.warning("job %s ran past its time limit: killing child %d (pid %d)",
+                                job_id, c.index, c.proc.pid)
+                    c.overrun = job_id
+                    with contextlib.suppress(ProcessLookupError):
+                        c.proc.kill()
+                    break
+
+    def _reap(self, c: ChildState) -> None:
+        self._read(c)
+        self.selector.unregister(c.fd)
+        os.close(c.fd)
+        del self.children[c.index]
+        code = c.proc.returncode
+        broker = self.app.broker
+        try:
+            if c.overrun is not None:
+                self._fail_time_limit(c.overrun, c.held.get(c.overrun, ""))
+                c.held.pop(c.overrun, None)
+                c.started.pop(c.overrun, None)
+                broker.release([Lease(i, t) for i, t in c.held.items()])
+            elif c.held:
+                lost = [Lease(i, t) for i, t in c.held.items() if i in c.started]
+                unstarted = [Lease(i, t) for i, t in c.held.items() if i not in c.started]
+                if lost:
+                    broker.recover(lost)
+                if unstarted:
+                    broker.release(unstarted)
+                log.warning("child %d (pid %d) exited with %s holding %d job(s): %d counted "
+                            "as lost, %d handed back", c.index, c.proc.pid, code, len(c.held),
+                            len(lost), len(unstarted))
+        except Exception as exc:
+            log.warning("could not settle the jobs of child %d (%s); their leases will "
+                        "expire and be recovered", c.index, exc)
+        if code != 0 and not self.stopping and c.overrun is None:
+            log.warning("child %d (pid %d) died with exit code %s; replacing it",
+                        c.index, c.proc.pid, code)
+        respawn = not self.stopping and not (self.options.burst and code == 0)
+        if respawn:
+            self._spawn(c.index)
+
+    def _fail_time_limit(self, job_id: str, token: str) -> None:
+        job = self.app.broker.get(job_id)
+        if job is None or job.lease_token != token:
+            return
+        task = self.app.tasks.get(job.task)
+        limit = task.options.timeout if task else None
+        error = ErrorInfo("TimeLimitExceeded", f"ran past its {limit} s hard time limit; "
+                          "the worker child running it was killed")
+        if task is None:
+            from ..runner import dead
+
+            outcome = dead(job, DeadReason.TIME_LIMIT, error.message)
+        else:
+            outcome = failure(task, job, None, error, self.app.clock.now(),
+                              final_reason=DeadReason.TIME_LIMIT)
+        self.app.broker.finish([outcome])
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for i in range(self.options.processes):
+            self._spawn(i)
+        log.info("worker started: %d process(es) x %d thread(s), queues %s",
+                 self.options.processes, self.options.threads, self.options.queues)
+        while self.children:
+            timeout = 0.05 if any(d is not None for c in self.children.values()
+                                  for d in c.started.values()) else 0.5
+            for key, _ in self.selector.select(timeout):
+                self._read(key.data)
+            self._check_deadlines()
+            for c in list(self.children.values()):
+                if c.proc.poll() is not None:
+                    self._reap(c)
+        self.app.close()
+        return self.exit_code
+
+
+def run_worker(app_path: str, app: Chervil, options: WorkerOptions) -> int:
+    logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    return Supervisor(app_path, app, options).run()

@@ -134,12 +134,17 @@ class Broker(abc.ABC):
 
     # -- producing --------------------------------------------------------------------
     @abc.abstractmethod
-    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Enqueued]:
         """Commit all jobs durably in one round trip, or raise and commit none.
 
         A job whose ``unique_key`` matches a waiting or running job is not added: its
         result names the existing job with ``duplicate=True``. So is a job whose id
         already exists (enqueue is idempotent by id).
+
+        ``connection``: the caller's own open database connection (SQL backends only).
+        The jobs are written inside the caller's current transaction and become visible
+        to workers only when the caller commits; a rollback removes them. Backends
+        without transactions raise ConfigurationError when given one.
         """
 
     # -- consuming --------------------------------------------------------------------

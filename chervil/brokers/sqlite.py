@@ -144,7 +144,7 @@ class SQLiteBroker(Broker):
         return self._retry(lambda: conn.execute(sql, params).fetchall())
 
     # -- producing -----------------------------------------------------------------------
-    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Enqueued]:
         now = self.clock.now()
 
         def tx(conn: sqlite3.Connection) -> list[Enqueued]:
@@ -164,6 +164,17 @@ class SQLiteBroker(Broker):
                     existing = conn.execute(Q["find_unique"], (j.unique_key,)).fetchone()
                 out.append(Enqueued(existing[0] if existing else j.id, duplicate=True))
             return out
+        if connection is not None:
+            if not isinstance(connection, sqlite3.Connection):
+                raise ConfigurationError(
+                    "the SQLite broker enqueues inside a sqlite3.Connection to its own file; "
+                    f"got {type(connection).__name__}")
+            if not connection.in_transaction:
+                connection.execute("BEGIN IMMEDIATE")
+            result = tx(connection)
+            # Workers see the jobs once the caller commits; they find them by their next
+            # poll, or by the wake-up that any later enqueue or finish sends.
+            return result
         result = self._write(tx)
         self._waker.notify()
         return result

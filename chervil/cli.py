@@ -1,0 +1,293 @@
+"""The ``chervil`` command: run workers, enqueue, inspect and operate on jobs.
+
+Commands take the app with ``--app module:app`` (or ``CHERVIL_APP``), so that arguments
+are redacted with the tasks' ``sensitive`` lists; without it, only the broker URL is
+needed (``--url`` or ``CHERVIL_BROKER_URL``) and every argument value is masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from .admin import Admin, JobView
+from .app import Chervil, load_app
+from .errors import ChervilError
+from .job import JobStatus, fmt_time
+
+
+class Context:
+    def __init__(self, app_path: str | None, url: str | None) -> None:
+        self.app_path = app_path
+        self.url = url
+        self._app: Chervil | None = None
+
+    @property
+    def app(self) -> Chervil:
+        if self._app is None:
+            if self.app_path:
+                sys.path.insert(0, os.getcwd())
+                self._app = load_app(self.app_path)
+            else:
+                self._app = Chervil(self.url)
+        return self._app
+
+    @property
+    def admin(self) -> Admin:
+        return Admin(self.app)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group()
+@click.option("--app", "-A", "app_path", envvar="CHERVIL_APP", metavar="MODULE:APP",
+              help="The Chervil app (module:attribute).")
+@click.option("--url", envvar="CHERVIL_BROKER_URL", help="Broker URL, when no --app is given.")
+@click.version_option(package_name="chervil")
+@click.pass_context
+def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
+    """chervil: background jobs with leases, retries and a dead-letter queue."""
+    ctx.obj = Context(app_path, url)
+
+
+@cli.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("-Q", "--queues", default="default", show_default=True,
+              help="Queues in strict order (a,b) or weighted (a:10,b:1).")
+@click.option("-p", "--processes", type=click.IntRange(1), default=os.cpu_count() or 1,
+              show_default="CPU count", help="Child processes.")
+@click.option("-t", "--threads", type=click.IntRange(1), default=8, show_default=True,
+              help="Threads per child.")
+@click.option("--burst", is_flag=True, help="Run what is ready, then exit.")
+@click.option("--max-jobs-per-child", type=click.IntRange(1), default=None,
+              help="Replace a child after this many jobs.")
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="Seconds running jobs get to finish after SIGTERM.")
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool,
+           max_jobs_per_child: int | None, grace: float, log_level: str) -> None:
+    """Run a worker: a supervisor and its child processes."""
+    from .worker.queues import QueueSpec
+    from .worker.supervisor import WorkerOptions, run_worker
+
+    sys.path.insert(0, os.getcwd())
+    app = load_app(app_path)
+    options = WorkerOptions(QueueSpec.parse(queues), processes, threads, burst,
+                            max_jobs_per_child, grace, log_level)
+    sys.exit(run_worker(app_path, app, options))
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--args", "args_json", default="[]", help="Positional arguments, a JSON list.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments, a JSON object.")
+@click.option("--delay", type=float, default=None, help="Seconds to wait before running.")
+@pass_ctx
+def enqueue(c: Context, task: str, args_json: str, kwargs_json: str,
+            delay: float | None) -> None:
+    """Enqueue TASK with JSON arguments; prints the job id."""
+    try:
+        args = json.loads(args_json)
+        kwargs = json.loads(kwargs_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise click.BadParameter("--args takes a JSON list and --kwargs a JSON object")
+    if delay is not None:
+        kwargs["delay"] = delay
+    handle = c.app.enqueue(task, *args, **kwargs)
+    click.echo(handle.id)
+
+
+def _job_line(v: JobView) -> str:
+    j = v.job
+    err = f"  {j.last_error.type}: {j.last_error.message}"[:90] if j.last_error else ""
+    reason = f" ({j.dead_reason})" if j.dead_reason else ""
+    return (f"{j.id}  {j.status.value + reason:<28} {j.queue:<10} {j.task:<28} "
+            f"attempts {j.attempts}/{j.max_attempts}{err}")
+
+
+@cli.command()
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--queue")
+@click.option("--task")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def jobs(c: Context, status: str | None, queue: str | None, task: str | None, limit: int,
+         as_json: bool) -> None:
+    """List jobs, newest first."""
+    views = c.admin.jobs(JobStatus(status) if status else None, queue, task, limit)
+    if as_json:
+        _echo_json([v.to_dict() for v in views])
+        return
+    for v in views:
+        click.echo(_job_line(v))
+    if not views:
+        click.echo("no jobs match")
+
+
+@cli.command()
+@click.option("--queue")
+@click.option("--task")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def dead(c: Context, queue: str | None, task: str | None, limit: int, as_json: bool) -> None:
+    """List the dead-letter queue: jobs that ran out of tries or could not run."""
+    views = c.admin.jobs(JobStatus.DEAD, queue, task, limit)
+    if as_json:
+        _echo_json([v.to_dict() for v in views])
+        return
+    for v in views:
+        click.echo(_job_line(v))
+    if not views:
+        click.echo("the dead-letter queue is empty")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def job(c: Context, job_id: str, as_json: bool) -> None:
+    """Show one job's whole story."""
+    v = c.admin.job(job_id)
+    if as_json:
+        _echo_json(v.to_dict())
+        return
+    j = v.job
+    rows = [
+        ("id", j.id), ("task", f"{j.task} (version {j.task_version})"),
+        ("queue", f"{j.queue} (priority {j.priority})"),
+        ("status", j.status.value + (f" ({j.dead_reason})" if j.dead_reason else "")),
+        ("attempts", f"{j.attempts} of {j.max_attempts}, {j.lost_leases} lost lease(s)"),
+        ("arguments", v.payload_note or f"args={json.dumps(v.args)} kwargs={json.dumps(v.kwargs)}"),
+        ("created", fmt_time(j.created_at)), ("run at", fmt_time(j.run_at)),
+        ("started", fmt_time(j.started_at)), ("finished", fmt_time(j.finished_at)),
+        ("worker", j.worker or "-"), ("lease until", fmt_time(j.lease_until)),
+        ("unique key", j.unique_key or "-"), ("result", j.result or "-"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:>12}  {value}")
+    if j.last_error:
+        click.echo(f"{'last error':>12}  {j.last_error.type}: {j.last_error.message}")
+        if j.last_error.traceback:
+            click.echo(j.last_error.traceback.rstrip())
+
+
+def _confirm(what: str, count: int, yes: bool) -> bool:
+    if count == 0:
+        click.echo(f"nothing to {what}")
+        return False
+    if not yes and not click.confirm(f"{what} {count} job(s)?", default=False):
+        click.echo("nothing done")
+        return False
+    return True
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("--all-dead", is_flag=True, help="Every dead job (of --queue/--task).")
+@click.option("--queue")
+@click.option("--task")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@pass_ctx
+def retry(c: Context, ids: tuple[str, ...], all_dead: bool, queue: str | None,
+          task: str | None, yes: bool) -> None:
+    """Requeue jobs by id, or every dead job with --all-dead."""
+    if bool(ids) == all_dead:
+        raise click.UsageError("give job ids, or --all-dead (with --queue/--task), not both")
+    if ids:
+        click.echo(f"requeued {c.admin.retry(list(ids))} of {len(ids)} job(s)")
+        return
+    count = c.admin.count_dead(queue, task)
+    if _confirm("requeue", count, yes):
+        click.echo(f"requeued {c.admin.retry_dead(queue, task)} job(s)")
+
+
+@cli.command()
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@pass_ctx
+def purge(c: Context, queue: str, yes: bool) -> None:
+    """Cancel every waiting job of QUEUE (records are kept, marked cancelled)."""
+    if _confirm(f"cancel the waiting jobs of {queue}:", c.admin.ready_count(queue), yes):
+        click.echo(f"cancelled {c.admin.purge(queue)} job(s)")
+
+
+@cli.command()
+@click.argument("queue")
+@pass_ctx
+def pause(c: Context, queue: str) -> None:
+    """Stop workers from taking jobs of QUEUE (jobs wait, none fail)."""
+    c.admin.pause(queue, True)
+    click.echo(f"queue {queue} paused")
+
+
+@cli.command()
+@click.argument("queue")
+@pass_ctx
+def resume(c: Context, queue: str) -> None:
+    """Let workers take jobs of QUEUE again."""
+    c.admin.pause(queue, False)
+    click.echo(f"queue {queue} resumed")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def queues(c: Context, as_json: bool) -> None:
+    """Each queue: jobs by status, and the age of its oldest ready job."""
+    stats = c.admin.queues()
+    if as_json:
+        _echo_json([{"queue": s.queue, "counts": s.counts, "ready": s.ready,
+                     "oldest_ready_age_seconds": s.oldest_ready_age, "paused": s.paused}
+                    for s in stats])
+        return
+    click.echo(f"{'queue':<16}{'ready':>8}{'age':>10}{'scheduled':>11}{'running':>9}"
+               f"{'dead':>7}{'succeeded':>11}  state")
+    for s in stats:
+        age = "-" if s.oldest_ready_age is None else f"{s.oldest_ready_age:.1f}s"
+        n = s.counts
+        click.echo(f"{s.queue:<16}{s.ready:>8}{age:>10}{n.get('scheduled', 0):>11}"
+                   f"{n.get('running', 0):>9}{n.get('dead', 0):>7}{n.get('succeeded', 0):>11}"
+                   f"  {'paused' if s.paused else 'active'}")
+    if not stats:
+        click.echo("no queues yet")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def workers(c: Context, as_json: bool) -> None:
+    """Live workers: host, pid, queues, tasks, current jobs."""
+    found = c.admin.workers()
+    if as_json:
+        _echo_json([w.to_dict() for w in found])
+        return
+    for w in found:
+        click.echo(f"{w.id}  queues={','.join(w.queues)}  tasks={len(w.tasks)}  "
+                   f"jobs={len(w.jobs)}  {w.counters}")
+    if not found:
+        click.echo("no live workers")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ChervilError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The app real worker processes run in integration tests.
+
+Its tasks write to an external ledger (a separate SQLite file named by
+CHERVIL_TEST_LEDGER, never the broker), so tests can check what really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+from chervil import Chervil, Retry, current_job
+
+def ledger(event: str, key: str) -> None:
+    job = current_job()
+    conn = sqlite3.connect(os.environ["CHERVIL_TEST_LEDGER"], timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("CREATE TABLE IF NOT EXISTS ledger (job TEXT, key TEXT, event TEXT, "
+                     "attempt INT, pid INT, at REAL)")
+        conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?)",
+                     (job.id if job else None, key, event, job.attempt if job else 0,
+                      os.getpid(), time.time()))
+    finally:
+        conn.close()
+
+
+def sleepy(key: str, seconds: float) -> None:
+    ledger("start", key)
+    time.sleep(seconds)
+    ledger("end", key)
+
+
+def hang(key: str) -> None:
+    ledger("start", key)
+    time.sleep(60)
+
+
+def probe(key: str) -> None:
+    ledger("run", key)
+
+
+def build(url: str | None = None) -> Chervil:
+    """The app with its tasks: workers use ``app``; tests build one for their own file."""
+    a = Chervil(url)
+    a.task(name="sleepy", retry=Retry(max_attempts=5, backoff=0.1))(sleepy)
+    a.task(name="hang", timeout=1.0, retry=Retry(max_attempts=2, backoff=0.1, jitter=0.0))(hang)
+    a.task(name="probe", retry=Retry(max_attempts=5, backoff=0.05))(probe)
+    return a
+
+
+app = build()

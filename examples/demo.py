@@ -19,9 +19,10 @@ DB = os.path.join(tempfile.mkdtemp(prefix="chervil-demo-"), "chervil.db")
 os.environ["CHERVIL_BROKER_URL"] = f"sqlite:///{DB}"
 sys.path.insert(0, HERE)
 
+from demo_tasks import add, app, doomed, flaky  # noqa: E402
+
 from chervil.admin import Admin  # noqa: E402
 from chervil.job import JobStatus  # noqa: E402
-from demo_tasks import add, app, doomed, flaky  # noqa: E402
 
 
 # A task only the producer knows, as when a web app is deployed before its workers.
@@ -48,35 +49,33 @@ def main() -> int:
         [sys.executable, "-m", "chervil.cli", "worker", "demo_tasks:app", "-p", "2", "-t", "4",
          "--log-level", "WARNING"], cwd=HERE)
     try:
-        jobs = {
-            "a job that succeeds": add.enqueue(2, 3),
-            "a job that fails twice, then succeeds": flaky.enqueue(1042),
-            "a job that always fails: dead after its attempts": doomed.enqueue(7, card="4111-1111-1111-1111"),
-            "a job for a task no worker has: dead with unknown_task": monthly_report.enqueue("2026-10"),
-        }
-        print(f"producer: enqueued {len(jobs)} jobs; worker pid {worker.pid} is running them")
+        # (what it shows, its handle, the end it must reach)
+        cases = [
+            ("a job that succeeds", add.enqueue(2, 3), JobStatus.SUCCEEDED, None),
+            ("a job that fails twice, then succeeds", flaky.enqueue(1042),
+             JobStatus.SUCCEEDED, None),
+            ("a job that always fails: dead after its attempts",
+             doomed.enqueue(7, card="4111-1111-1111-1111"), JobStatus.DEAD, "retries_exhausted"),
+            ("a job for a task no worker has: dead with unknown_task",
+             monthly_report.enqueue("2026-10"), JobStatus.DEAD, "unknown_task"),
+        ]
+        print(f"producer: enqueued {len(cases)} jobs; worker pid {worker.pid} is running them")
         deadline = time.monotonic() + 60
-        while not all(h.status().terminal for h in jobs.values()):
+        while not all(h.status().terminal for _, h, _, _ in cases):
             if time.monotonic() > deadline or worker.poll() is not None:
                 print("demo: jobs did not finish in time", file=sys.stderr)
                 return 1
             time.sleep(0.1)
         admin = Admin(app)
-        for title, handle in jobs.items():
+        for title, handle, _, _ in cases:
             story(admin, handle.id, title)
-        print(f"\nresult of add(2, 3) fetched by the producer: {jobs['a job that succeeds'].result()}")
+        print(f"\nresult of add(2, 3), fetched by the producer: {cases[0][1].result()}")
         dead = admin.jobs(JobStatus.DEAD)
         print(f"\ndead-letter queue: {len(dead)} job(s), each kept with its reason and error; "
               "requeue with `chervil retry ID` or `chervil retry --all-dead`")
-        expected = {
-            "a job that succeeds": (JobStatus.SUCCEEDED, None),
-            "a job that fails twice, then succeeds": (JobStatus.SUCCEEDED, None),
-            "a job that always fails: dead after its attempts": (JobStatus.DEAD, "retries_exhausted"),
-            "a job for a task no worker has: dead with unknown_task": (JobStatus.DEAD, "unknown_task"),
-        }
-        for title, handle in jobs.items():
+        for title, handle, status, reason in cases:
             j = handle.refresh()
-            if (j.status, j.dead_reason) != expected[title]:
+            if (j.status, j.dead_reason) != (status, reason):
                 print(f"demo: unexpected end for {title!r}: {j.status} {j.dead_reason}",
                       file=sys.stderr)
                 return 1

@@ -12,6 +12,7 @@ import time
 
 from chervil import Chervil, Retry, current_job
 
+
 def ledger(event: str, key: str) -> None:
     job = current_job()
     conn = sqlite3.connect(os.environ["CHERVIL_TEST_LEDGER"], timeout=60, isolation_level=None)

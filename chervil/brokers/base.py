@@ -166,6 +166,15 @@ class Broker(abc.ABC):
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Record outcomes in one transaction; False for each stale (fenced) lease."""
 
+    def finish_and_reserve(self, outcomes: Sequence[Outcome], queues: Sequence[str],
+                           limit: int, worker: str, lease_seconds: float
+                           ) -> tuple[list[bool], list[Job]]:
+        """``finish`` then ``reserve``: one round trip where the backend can (ack and fetch).
+
+        Each half keeps its own semantics; a backend may run both in one transaction.
+        """
+        return self.finish(outcomes), self.reserve(queues, limit, worker, lease_seconds)
+
     @abc.abstractmethod
     def release(self, leases: Sequence[Lease], delay: float = 0.0) -> int:
         """Hand leased jobs back unstarted, without spending an attempt."""

@@ -12,6 +12,7 @@ migrations, tracked with ``PRAGMA user_version``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -68,6 +69,7 @@ class SQLiteBroker(Broker):
         self.max_lost_leases = max_lost_leases
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
+        self._lock_fds: list[int] = []
         self._conns_lock = threading.Lock()
         self._wake_dir = wake_dir(path)
         self._waker = Waker(self._wake_dir)
@@ -127,17 +129,34 @@ class SQLiteBroker(Broker):
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn()
+        lock_fd = self._lock_fd()
 
         def run() -> T:
-            conn.execute("BEGIN IMMEDIATE")
+            # Writers of this file on this host queue on a lock file first: the kernel
+            # wakes the next one the moment the lock is free, where SQLite's own busy
+            # handler would sleep in steps of up to 100 ms.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
-                out = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return out
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return out
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
         return self._retry(run)
+
+    def _lock_fd(self) -> int:
+        fd: int | None = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            fd = os.open(self.path + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._local.lock_fd = fd
+            with self._conns_lock:
+                self._lock_fds.append(fd)
+        return fd
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._conn()
@@ -184,26 +203,45 @@ class SQLiteBroker(Broker):
                 lease_seconds: float) -> list[Job]:
         if limit <= 0:
             return []
-        now = self.clock.now()
-        token = uuid.uuid4().hex
+        return self.finish_and_reserve([], queues, limit, worker, lease_seconds)[1]
 
-        def tx(conn: sqlite3.Connection) -> list[Job]:
-            conn.execute(Q["promote_due"], (now,))
-            paused = {r[0] for r in conn.execute(Q["paused_queues"])}
-            jobs: list[Job] = []
-            for queue in queues:
-                if queue in paused:
-                    continue
-                rows = conn.execute(Q["reserve"], (token, now + lease_seconds, now, worker,
-                                                   queue, limit - len(jobs))).fetchall()
-                jobs.extend(_row_to_job(r) for r in rows)
-                if len(jobs) >= limit:
-                    break
-            return jobs
-        jobs = self._write(tx)
+    def finish_and_reserve(self, outcomes: Sequence[Outcome], queues: Sequence[str],
+                           limit: int, worker: str, lease_seconds: float
+                           ) -> tuple[list[bool], list[Job]]:
+        """Both in one transaction: one commit (one fsync) per worker cycle."""
+        if not outcomes and limit <= 0:
+            return [], []
+        now = self.clock.now()
+
+        def tx(conn: sqlite3.Connection) -> tuple[list[bool], list[Job]]:
+            accepted = self._finish_tx(conn, outcomes, now) if outcomes else []
+            jobs = self._reserve_tx(conn, queues, limit, worker, lease_seconds, now)
+            return accepted, jobs
+        accepted, jobs = self._write(tx)
+        if any(o.status is JobStatus.SCHEDULED for o in outcomes):
+            self._waker.notify()  # a retry may be due before a waiter's timeout
         # RETURNING gives rows in no promised order: restore the reserve order.
         order = {q: i for i, q in enumerate(queues)}
         jobs.sort(key=lambda j: (order[j.queue], -j.priority, j.run_at, j.id))
+        return accepted, jobs
+
+    @staticmethod
+    def _reserve_tx(conn: sqlite3.Connection, queues: Sequence[str], limit: int, worker: str,
+                    lease_seconds: float, now: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        conn.execute(Q["promote_due"], (now,))
+        paused = {r[0] for r in conn.execute(Q["paused_queues"])}
+        jobs: list[Job] = []
+        for queue in queues:
+            if queue in paused:
+                continue
+            rows = conn.execute(Q["reserve"], (token, now + lease_seconds, now, worker,
+                                               queue, limit - len(jobs))).fetchall()
+            jobs.extend(_row_to_job(r) for r in rows)
+            if len(jobs) >= limit:
+                break
         return jobs
 
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
@@ -220,26 +258,43 @@ class SQLiteBroker(Broker):
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
-        now = self.clock.now()
+        return self.finish_and_reserve(outcomes, (), 0, "", 0.0)[0]
 
-        def tx(conn: sqlite3.Connection) -> list[bool]:
-            accepted = []
-            for o in outcomes:
-                error = o.error.to_json() if o.error else None
-                if o.status is JobStatus.SUCCEEDED:
-                    cur = conn.execute(Q["finish_succeeded"],
-                                       (now, o.result, error, o.job_id, o.lease_token))
-                elif o.status is JobStatus.SCHEDULED:
-                    cur = conn.execute(Q["finish_retry"], (o.retry_at or now, error, o.job_id,
-                                                           o.lease_token))
-                elif o.status is JobStatus.DEAD:
-                    cur = conn.execute(Q["finish_dead"], (now, o.dead_reason, error, o.job_id,
-                                                          o.lease_token))
-                else:
-                    raise ValueError(f"an outcome cannot have status {o.status}")
-                accepted.append(cur.rowcount == 1)
-            return accepted
-        return self._write(tx)
+    @staticmethod
+    def _finish_tx(conn: sqlite3.Connection, outcomes: Sequence[Outcome],
+                   now: float) -> list[bool]:
+        accepted: dict[int, bool] = {}
+        # Plain successes of one reserve batch share a lease token: one statement each.
+        plain: dict[str, list[int]] = {}
+        for i, o in enumerate(outcomes):
+            if o.status is JobStatus.SUCCEEDED and o.result is None and o.error is None:
+                plain.setdefault(o.lease_token, []).append(i)
+        for token, idx in plain.items():
+            for start in range(0, len(idx), 500):
+                chunk = idx[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                done = {r[0] for r in conn.execute(
+                    Q["finish_succeeded_many"].replace("(?)", f"({marks})"),
+                    (now, token, *[outcomes[i].job_id for i in chunk]))}
+                for i in chunk:
+                    accepted[i] = outcomes[i].job_id in done
+        for i, o in enumerate(outcomes):
+            if i in accepted:
+                continue
+            error = o.error.to_json() if o.error else None
+            if o.status is JobStatus.SUCCEEDED:
+                cur = conn.execute(Q["finish_succeeded"],
+                                   (now, o.result, error, o.job_id, o.lease_token))
+            elif o.status is JobStatus.SCHEDULED:
+                cur = conn.execute(Q["finish_retry"], (o.retry_at or now, error, o.job_id,
+                                                       o.lease_token))
+            elif o.status is JobStatus.DEAD:
+                cur = conn.execute(Q["finish_dead"], (now, o.dead_reason, error, o.job_id,
+                                                      o.lease_token))
+            else:
+                raise ValueError(f"an outcome cannot have status {o.status}")
+            accepted[i] = cur.rowcount == 1
+        return [accepted[i] for i in range(len(outcomes))]
 
     def release(self, leases: Sequence[Lease], delay: float = 0.0) -> int:
         if not leases:
@@ -366,6 +421,9 @@ class SQLiteBroker(Broker):
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+            for fd in self._lock_fds:
+                os.close(fd)
+            self._lock_fds.clear()
         waiter: Waiter | None = getattr(self._local, "waiter", None)
         if waiter is not None:
             waiter.close()

@@ -23,8 +23,7 @@ import time
 
 from ..app import Chervil
 from ..brokers.base import Lease, Outcome, WorkerInfo
-from ..errors import ChervilError
-from ..job import Job
+from ..job import Job, JobStatus
 from ..runner import execute
 from .queues import QueueSpec
 from .report import Reporter
@@ -54,10 +53,14 @@ class Child:
         self.started_at = app.clock.now()
 
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # slots freed: wakes the fetcher
+        self._flush = threading.Condition(lock)  # outcomes to record: wakes the finisher
         self._free = threads
         self._held: dict[str, Job] = {}
+        self._pending: list[Outcome] = []  # outcomes not yet recorded in the broker
+        self._waiting_on_broker = False  # the fetcher is blocked in broker.wait()
+        self._closing = False
         self._stopping = threading.Event()
         self._done = 0
         self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0}
@@ -65,10 +68,12 @@ class Child:
 
     # -- control --------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop reserving; running jobs finish, unstarted ones are handed back."""
+        """Stop reserving; running jobs finish, unstarted ones are handed back.
+
+        Safe from a signal handler: it only sets an event (the fetcher wakes within its
+        1 s look at the stop flag, or at once if it is waiting on the broker's clock).
+        """
         self._stopping.set()
-        with self._cond:
-            self._cond.notify_all()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
@@ -90,28 +95,29 @@ class Child:
             self._shutdown(executors, finisher)
         return 0
 
-    # -- fetcher --------------------------------------------------------------------------
+    # -- fetcher ---------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
         backoff = 0.0
+        want = self.threads
         while not self._stopping.is_set():
             with self._cond:
-                while self._free == 0 and not self._stopping.is_set():
-                    self._cond.wait(1.0)
+                self._wait_for_slots(want)
+                if self._stopping.is_set():
+                    break
+                outcomes, self._pending = self._pending, []
                 free = self._free
-            if self._stopping.is_set():
-                break
             try:
-                jobs = self.broker.reserve(self.queues.order(), free, self.id,
-                                           self.lease_seconds)
+                accepted, jobs = self.broker.finish_and_reserve(
+                    outcomes, self.queues.order(), free, self.id, self.lease_seconds)
                 if backoff:
                     log.warning("broker reachable again; resuming")
                     backoff = 0.0
-            except ChervilError as exc:
+            except Exception as exc:  # ChervilError, or a driver's connection error
+                with self._cond:
+                    self._pending[:0] = outcomes  # nothing is lost: try again
                 backoff = self._broker_down(exc, backoff)
                 continue
-            except Exception as exc:  # driver errors: connection reset and the like
-                backoff = self._broker_down(exc, backoff)
-                continue
+            self._recorded(outcomes, accepted)
             if jobs:
                 with self._cond:
                     self._free -= len(jobs)
@@ -121,17 +127,45 @@ class Child:
                 for job in jobs:
                     self._inbox.put(job)
                 continue
-            if self.burst:
-                with self._cond:
-                    idle = self._free == self.threads and not self._held
-                if idle:
-                    break
-                time.sleep(0.01)
-                continue
+            with self._cond:
+                busy = self._free < self.threads or bool(self._pending)
+                if self.burst:
+                    if not busy:
+                        break
+                    self._cond.wait(0.05)  # a running job will finish: look again then
+                    continue
+                self._waiting_on_broker = True
+                if self._pending:
+                    self._flush.notify()  # the finisher records them meanwhile
             try:
                 self.broker.wait(self.queues.names, self.poll_seconds)
             except Exception as exc:
                 backoff = self._broker_down(exc, backoff)
+            finally:
+                with self._cond:
+                    self._waiting_on_broker = False
+
+    def _wait_for_slots(self, want: int) -> None:
+        """Under the lock: wait until enough slots are free to reserve a useful batch.
+
+        Reserve at once when ``want`` slots (all threads) are free; with fewer free, wait
+        at most 2 ms for more, so a busy child reserves (and records outcomes) in batches,
+        one transaction per batch, without leaving a slot idle for long.
+        """
+        deadline = None
+        while not self._stopping.is_set():
+            free = self._free
+            if free >= want or (free > 0 and free == self.threads):
+                return
+            if free > 0:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + 0.002
+                if now >= deadline:
+                    return
+                self._cond.wait(deadline - now)
+            else:
+                self._cond.wait(1.0)
 
     def _broker_down(self, exc: BaseException, backoff: float) -> float:
         backoff = min(max(backoff * 2, 0.1), 5.0)
@@ -152,13 +186,15 @@ class Child:
                 continue
             self.reporter.started(job, task.options.timeout if task else None)
             outcome = execute(task, job, self.app.clock, settings.payload_limit_bytes)
-            self._outbox.put(outcome)
             with self._cond:
+                self._pending.append(outcome)
                 self._free += 1
                 self._done += 1
                 self._cond.notify()
+                if self._waiting_on_broker:
+                    self._flush.notify()
                 if self.max_jobs is not None and self._done >= self.max_jobs:
-                    self.stop()
+                    self._stopping.set()
 
     def _handed_back(self, job: Job) -> bool:
         """An unknown task another live worker runs: hand it back, within a bounded wait."""
@@ -175,7 +211,7 @@ class Child:
         with self._cond:
             self._held.pop(job.id, None)
             self._free += 1
-            self._cond.notify()
+            self._cond.notify_all()
         self.reporter.done([job.id])
         return True
 
@@ -190,38 +226,32 @@ class Child:
             self._live_tasks = (now, tasks)
         return tasks
 
-    # -- finisher -------------------------------------------------------------------------
+    # -- finisher --------------------------------------------------------------------------
     def _finish_loop(self) -> None:
+        """Record outcomes while the fetcher is blocked waiting for new jobs."""
         while True:
-            first = self._outbox.get()
-            if first is None:
-                return
-            batch = [first]
-            closing = False
-            while len(batch) < FINISH_BATCH:
-                try:
-                    item = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
-            self._finish(batch)
-            if closing:
-                return
+            with self._cond:
+                while not self._closing and not (self._pending and self._waiting_on_broker):
+                    self._flush.wait()
+                if self._closing and not self._pending:
+                    return
+                batch, self._pending = self._pending[:FINISH_BATCH], self._pending[FINISH_BATCH:]
+            self._recorded(batch, self._finish(batch))
 
-    def _finish(self, batch: list[Outcome]) -> None:
+    def _finish(self, batch: list[Outcome]) -> list[bool]:
         delay = 0.05
         while True:
             try:
-                accepted = self.broker.finish(batch)
-                break
+                return self.broker.finish(batch)
             except Exception as exc:
                 log.warning("could not record %d outcome(s) (%s: %s); retrying in %.1f s",
                             len(batch), type(exc).__name__, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _recorded(self, batch: list[Outcome], accepted: list[bool]) -> None:
+        if not batch:
+            return
         with self._cond:
             for outcome, ok in zip(batch, accepted, strict=True):
                 self._held.pop(outcome.job_id, None)
@@ -229,9 +259,9 @@ class Child:
                     self._counters["fenced"] += 1
                     log.warning("job %s: outcome %s rejected, its lease was lost meanwhile",
                                 outcome.job_id, outcome.status.value)
-                elif outcome.status.value == "succeeded":
+                elif outcome.status is JobStatus.SUCCEEDED:
                     self._counters["succeeded"] += 1
-                elif outcome.status.value == "scheduled":
+                elif outcome.status is JobStatus.SCHEDULED:
                     self._counters["retried"] += 1
                     log.info("job %s failed (%s), retry at %.3f", outcome.job_id,
                              outcome.error.type if outcome.error else "?", outcome.retry_at or 0)
@@ -300,7 +330,9 @@ class Child:
             t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in executors):
             log.warning("grace period over with jobs still running; their leases will expire")
-        self._outbox.put(None)
+        with self._cond:
+            self._closing = True
+            self._flush.notify_all()
         finisher.join(max(5.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             self.broker.unregister_worker(self.id)

@@ -39,6 +39,12 @@ SET status = 'succeeded', finished_at = ?, lease_until = NULL, result = ?,
     last_error = COALESCE(?, last_error)
 WHERE id = ? AND lease_token = ? AND status = 'running';
 
+-- name: finish_succeeded_many
+-- "(?)" is widened to one placeholder per id by the broker.
+UPDATE chervil_jobs SET status = 'succeeded', finished_at = ?, lease_until = NULL
+WHERE lease_token = ? AND status = 'running' AND id IN (?)
+RETURNING id;
+
 -- name: finish_retry
 UPDATE chervil_jobs
 SET status = 'scheduled', run_at = ?, lease_until = NULL, last_error = ?, worker = NULL

@@ -1,0 +1,403 @@
+"""The PostgreSQL broker: ``FOR UPDATE SKIP LOCKED`` reserves, ``LISTEN/NOTIFY`` wake-ups.
+
+Every verb is one SQL statement on an autocommit connection from a psycopg pool: one
+round trip, one implicit transaction (prune loops one statement per batch). Batches
+travel as arrays through ``unnest``. Statements live in ``sql/postgres.sql``; the schema
+in numbered ``sql/postgres_NNNN_*.sql`` migrations, in its own PostgreSQL schema.
+
+Time: with the system clock every time comes from the server (``statement_timestamp()``),
+so a host with a skewed clock can neither start a job early nor steal a valid lease.
+With an injected clock (tests), its time is passed instead.
+
+Wake-ups: a trigger NOTIFYs ``chervil_<schema>`` with the queue name whenever jobs become
+waiting (enqueue, release, retry, requeue, recover); it fires at commit. ``wait`` blocks
+on a listening connection of its own (one per waiting thread), capped at the time until
+the next scheduled job, and the caller's timeout is the polling fallback for a lost
+notification. Queue stats count live jobs from a partial index and finished jobs from
+``terminal_counts``, kept exact by the same trigger, so they never scan finished rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..clock import Clock, SystemClock
+from ..errors import BrokerUnavailable, ConfigurationError
+from ..job import ErrorInfo, Job, JobStatus
+from .base import (
+    Broker,
+    Enqueued,
+    JobFilter,
+    Lease,
+    NewJob,
+    Outcome,
+    QueueStats,
+    WorkerInfo,
+)
+from .postgres_setup import PostgresOptions, migrate, migrate_connection, parse_url
+from .sqlfile import load_queries
+
+__all__ = ["PostgresBroker", "from_url", "migrate"]
+
+_NOW = sql.SQL("COALESCE(%(now)s::float8, extract(epoch FROM statement_timestamp())::float8)")
+_FILTERS = {"status": sql.SQL("status = %(status)s"), "queue": sql.SQL("queue = %(queue)s"),
+            "task": sql.SQL("task = %(task)s"), "before_id": sql.SQL("id < %(before_id)s")}
+_LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
+                  "(crashed, killed or hung)").to_json()
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0], task=row[1], queue=row[2], payload=bytes(row[3]), status=JobStatus(row[4]),
+        priority=row[5], attempts=row[6], max_attempts=row[7], lost_leases=row[8],
+        last_error=ErrorInfo.from_json(row[9]), dead_reason=row[10], created_at=row[11],
+        run_at=row[12], started_at=row[13], finished_at=row[14], worker=row[15],
+        lease_until=row[16], lease_token=row[17], unique_key=row[18], task_version=row[19],
+        result=row[20], trace=dict(row[21]) if row[21] else {},
+    )
+
+
+class PostgresBroker(Broker):
+    def __init__(self, options: PostgresOptions, clock: Clock | None = None,
+                 max_lost_leases: int = 3) -> None:
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.max_lost_leases = max_lost_leases
+        self._server_time = isinstance(self.clock, SystemClock)
+        self._schema = sql.Identifier(options.schema)
+        texts = load_queries("postgres.sql")
+        self._list_jobs = texts["list_jobs"]
+        # Rendered once: the schema is a quoted identifier, never pasted text.
+        self._q = {name: sql.SQL(text).format(s=self._schema, now=_NOW)
+                   .as_bytes(None) for name, text in texts.items() if name != "list_jobs"}
+        self._lock = threading.Lock()
+        self._pool_obj: ConnectionPool | None = None
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._listeners: list[psycopg.Connection[Any]] = []
+
+    # -- connections ---------------------------------------------------------------------
+    def _pool(self) -> ConnectionPool:
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+            self._pool_obj, self._listeners, self._local = None, [], threading.local()
+            self._pid = os.getpid()
+        pool = self._pool_obj
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._pool_obj is None:
+                o = self.options
+                try:  # a direct first connection reports a bad host or password at once
+                    with psycopg.connect(o.conninfo, autocommit=True,
+                                         connect_timeout=max(1, int(o.pool_timeout))) as conn:
+                        migrate_connection(conn, o.schema)
+                except psycopg.OperationalError as exc:
+                    raise BrokerUnavailable(f"PostgreSQL unreachable ({exc})") from exc
+                pool = ConnectionPool(o.conninfo, min_size=o.pool_min, max_size=o.pool_max,
+                                      timeout=o.pool_timeout, kwargs={"autocommit": True},
+                                      name=f"chervil-{o.schema}", open=False)
+                pool.open(wait=False)
+                self._pool_obj = pool
+            return self._pool_obj
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool().connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise BrokerUnavailable(
+                f"no PostgreSQL connection within {self.options.pool_timeout:.0f} s "
+                f"({exc}); is the server up and reachable?") from exc
+        except psycopg.OperationalError as exc:
+            raise BrokerUnavailable(
+                f"PostgreSQL connection failed ({exc}); a write in flight may or may not "
+                "have committed: retrying it is safe (every verb is idempotent or fenced)"
+            ) from exc
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        params["now"] = None if self._server_time else self.clock.now()
+        return params
+
+    def _rows(self, name: str, /, **params: Any) -> list[Any]:
+        with self._conn() as conn:
+            return conn.execute(self._q[name], self._params(**params)).fetchall()
+
+    def _count(self, name: str, /, **params: Any) -> int:
+        with self._conn() as conn:
+            return conn.execute(self._q[name], self._params(**params)).rowcount
+
+    # -- producing -----------------------------------------------------------------------
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Enqueued]:
+        if connection is not None and not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "the PostgreSQL broker enqueues inside a psycopg (3) Connection to the same "
+                f"database; got {type(connection).__name__}")
+        if not jobs:
+            return []
+        # Repeats inside the batch resolve to their first occurrence, client side.
+        send: list[NewJob] = []
+        first: dict[int, int] = {}  # index in jobs -> index in send
+        by_id: dict[str, int] = {}
+        by_key: dict[str, int] = {}
+        origin: list[int] = []  # index in send -> index in jobs
+        for i, j in enumerate(jobs):
+            rep = by_id.get(j.id)
+            if rep is None and j.unique_key is not None:
+                rep = by_key.get(j.unique_key)
+            if rep is None:
+                rep = len(send)
+                send.append(j)
+                origin.append(i)
+                by_id[j.id] = rep
+                if j.unique_key is not None:
+                    by_key[j.unique_key] = rep
+            first[i] = rep
+        params = self._params(
+            ids=[j.id for j in send], tasks=[j.task for j in send],
+            queues=[j.queue for j in send], priorities=[j.priority for j in send],
+            payloads=[j.payload for j in send], max_attempts=[j.max_attempts for j in send],
+            run_ats=[j.run_at for j in send], unique_keys=[j.unique_key for j in send],
+            versions=[j.task_version for j in send],
+            traces=[json.dumps(j.trace) if j.trace else None for j in send])
+        if connection is not None:
+            self._pool()  # the schema exists before the caller's transaction uses it
+            results = self._enqueue_on(connection, send, params)
+        else:
+            with self._conn() as conn, conn.transaction():
+                results = self._enqueue_on(conn, send, params)
+        out = []
+        for i in range(len(jobs)):
+            rep = first[i]
+            res = results[rep]
+            out.append(res if origin[rep] == i else Enqueued(res.id, duplicate=True))
+        return out
+
+    def _enqueue_on(self, conn: psycopg.Connection[Any], send: list[NewJob],
+                    params: dict[str, Any]) -> list[Enqueued]:
+        cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may use another
+        rows = cur.execute(self._q["enqueue"], params).fetchall()
+        results: list[Enqueued | None] = []
+        for job_id, added, id_taken, holder in rows:
+            if added:
+                results.append(Enqueued(job_id))
+            elif id_taken:
+                results.append(Enqueued(job_id, duplicate=True))
+            elif holder is not None:
+                results.append(Enqueued(holder, duplicate=True))
+            else:
+                results.append(None)  # lost a race to a job committed meanwhile
+        missing = [n for n, r in enumerate(results) if r is None]
+        if missing:
+            found = cur.execute(self._q["find_existing"], {
+                "ids": [send[n].id for n in missing],
+                "unique_keys": [send[n].unique_key for n in missing]}).fetchall()
+            ids = {row[0] for row in found}
+            keys = {row[1]: row[0] for row in found if row[1] is not None}
+            for n in missing:
+                j = send[n]
+                holder = j.id if j.id in ids else keys.get(j.unique_key or "", j.id)
+                results[n] = Enqueued(holder, duplicate=True)
+        return [r for r in results if r is not None]
+
+    # -- consuming -----------------------------------------------------------------------
+    def reserve(self, queues: Sequence[str], limit: int, worker: str,
+                lease_seconds: float) -> list[Job]:
+        if limit <= 0 or not queues:
+            return []
+        rows = self._rows("reserve", queues=list(queues), limit=limit, worker=worker,
+                          lease=float(lease_seconds), token=uuid.uuid4().hex)
+        jobs = [_row_to_job(r) for r in rows]
+        order = {q: i for i, q in enumerate(queues)}
+        jobs.sort(key=lambda j: (order[j.queue], -j.priority, j.run_at, j.id))
+        return jobs
+
+    def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        if not leases:
+            return []
+        held = {r[0] for r in self._rows("extend", ids=[x.job_id for x in leases],
+                                         tokens=[x.token for x in leases],
+                                         lease=float(lease_seconds))}
+        return [x.job_id for x in leases if x.job_id not in held]
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        for o in outcomes:
+            if o.status not in (JobStatus.SUCCEEDED, JobStatus.SCHEDULED, JobStatus.DEAD):
+                raise ValueError(f"an outcome cannot have status {o.status}")
+        # One row per job: a second outcome for the same job in a batch is stale.
+        once = list({o.job_id: o for o in reversed(outcomes)}.values())
+        accepted = {r[0] for r in self._rows(
+            "finish", ids=[o.job_id for o in once], tokens=[o.lease_token for o in once],
+            statuses=[o.status.value for o in once], retry_ats=[o.retry_at for o in once],
+            reasons=[o.dead_reason for o in once],
+            errors=[o.error.to_json() if o.error else None for o in once],
+            results=[o.result for o in once])}
+        out = []
+        for o in outcomes:
+            out.append(o.job_id in accepted)
+            accepted.discard(o.job_id)
+        return out
+
+    def release(self, leases: Sequence[Lease], delay: float = 0.0) -> int:
+        if not leases:
+            return 0
+        return len(self._rows("release", ids=[x.job_id for x in leases],
+                              tokens=[x.token for x in leases], delay=float(delay)))
+
+    def recover(self, leases: Sequence[Lease] | None = None) -> int:
+        if leases is None:
+            return len(self._rows("recover_expired", limit=self.max_lost_leases, error=_LOST))
+        if not leases:
+            return 0
+        return len(self._rows("recover_given", ids=[x.job_id for x in leases],
+                              tokens=[x.token for x in leases], limit=self.max_lost_leases,
+                              error=_LOST))
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        wanted = set(queues)
+        conn = self._listener()
+        try:
+            row = conn.execute(self._q["next_due"],
+                               self._params(queues=list(queues))).fetchone()
+            if row and row[0] is not None:
+                timeout = min(timeout, max(0.0, float(row[0])))
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                woken = False
+                for note in conn.notifies(timeout=remaining, stop_after=1):
+                    woken = woken or not note.payload or note.payload in wanted
+                if woken:
+                    return
+        except psycopg.OperationalError as exc:
+            self._drop_listener(conn)
+            raise BrokerUnavailable(f"PostgreSQL listening connection lost ({exc})") from exc
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        self._pool()
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "listener", None)
+        if conn is None or conn.closed:
+            try:
+                conn = psycopg.connect(self.options.conninfo, autocommit=True,
+                                       connect_timeout=max(1, int(self.options.pool_timeout)))
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.options.channel)))
+            except psycopg.OperationalError as exc:
+                raise BrokerUnavailable(f"PostgreSQL unreachable for LISTEN ({exc})") from exc
+            self._local.listener = conn
+            with self._lock:
+                self._listeners.append(conn)
+        return conn
+
+    def _drop_listener(self, conn: psycopg.Connection[Any]) -> None:
+        self._local.listener = None
+        with self._lock:
+            if conn in self._listeners:
+                self._listeners.remove(conn)
+        conn.close()
+
+    # -- operating -----------------------------------------------------------------------
+    def requeue(self, ids: Sequence[str]) -> int:
+        return self._count("requeue", ids=list(ids)) if ids else 0
+
+    def requeue_dead(self, queue: str | None = None, task: str | None = None) -> int:
+        return self._count("requeue_dead", queue=queue, task=task)
+
+    def cancel(self, ids: Sequence[str]) -> int:
+        return self._count("cancel", ids=list(ids)) if ids else 0
+
+    def purge(self, queue: str) -> int:
+        return self._count("purge", queue=queue)
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        self._rows("set_paused", queue=queue, paused=paused, channel=self.options.channel)
+
+    def prune(self, succeeded_before: float, dead_before: float, batch: int = 1000) -> int:
+        total = 0
+        for name, before in (("prune_succeeded", succeeded_before),
+                             ("prune_failed", dead_before)):
+            while True:  # one short transaction per batch: no long locks
+                n = self._count(name, before=before, batch=batch)
+                total += n
+                if n < batch:
+                    break
+        return total
+
+    # -- inspecting ----------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        rows = self._rows("get", id=job_id)
+        return _row_to_job(rows[0]) if rows else None
+
+    def list_jobs(self, filter: JobFilter, limit: int = 100,
+                  before_id: str | None = None) -> list[Job]:
+        params: dict[str, Any] = {
+            "status": filter.status.value if filter.status else None,
+            "queue": filter.queue, "task": filter.task, "before_id": before_id}
+        conds = [_FILTERS[k] for k, v in params.items() if v is not None]
+        where = sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+        query = sql.SQL(self._list_jobs).format(s=self._schema, now=_NOW, where=where)
+        with self._conn() as conn:
+            rows = conn.execute(query, self._params(limit=limit, **params)).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def queue_stats(self) -> list[QueueStats]:
+        counts: dict[str, dict[str, int]] = {}
+        age: dict[str, float] = {}
+        paused: dict[str, bool] = {}
+        for kind, queue, status, value in self._rows("queue_stats"):
+            if kind == "count":
+                counts.setdefault(queue, {})[status] = int(value)
+            elif kind == "age":
+                age[queue] = float(value)
+            else:
+                paused[queue] = bool(value)
+        names = sorted(set(counts) | set(paused))
+        return [QueueStats(q, counts.get(q, {}), age.get(q), paused.get(q, False))
+                for q in names]
+
+    # -- workers and coordination --------------------------------------------------------
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._count("upsert_worker", id=info.id, info=json.dumps(info.to_dict()))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._count("delete_worker", id=worker_id)
+
+    def workers(self, seen_within: float = 60.0) -> list[WorkerInfo]:
+        rows = self._rows("live_workers", within=float(seen_within))
+        return [WorkerInfo.from_dict(r[0]) for r in rows]
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return bool(self._rows("acquire_lease", name=name, owner=owner, ttl=float(ttl)))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._count("release_lease", name=name, owner=owner)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool_obj = self._pool_obj, None
+            listeners, self._listeners = self._listeners, []
+        self._local = threading.local()
+        for conn in listeners:
+            conn.close()
+        if pool is not None:
+            pool.close()
+
+
+def from_url(url: str, clock: Clock | None = None) -> PostgresBroker:
+    """``postgresql://host/db?schema=chervil``; see postgres_setup for the options."""
+    return PostgresBroker(parse_url(url), clock=clock)

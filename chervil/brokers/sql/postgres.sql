@@ -1,0 +1,241 @@
+-- Statements of the PostgreSQL broker (chervil/brokers/postgres.py).
+--
+-- Placeholders filled once per broker with psycopg.sql (never by string concatenation):
+--   {s}    the broker's schema, as a quoted identifier
+--   {now}  the current time in epoch seconds: the server's clock in production
+--          (statement_timestamp()), or %(now)s when the broker runs on an injected
+--          test clock
+-- Parameters are %(name)s. Every verb is one statement, so one round trip and one
+-- (implicit) transaction; wake-ups (NOTIFY) and terminal counts come from the triggers
+-- in postgres_0001_initial.sql, inside that same transaction.
+
+-- name: enqueue
+-- Insert every new job; ON CONFLICT skips ids that exist and unique keys held by a
+-- waiting or running job. For each skipped job, name the job that holds it.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[],
+                         %(priorities)s::integer[], %(payloads)s::bytea[],
+                         %(max_attempts)s::integer[], %(run_ats)s::float8[],
+                         %(unique_keys)s::text[], %(versions)s::text[], %(traces)s::text[])
+        WITH ORDINALITY
+        AS i(id, task, queue, priority, payload, max_attempts, run_at, unique_key,
+             task_version, trace, pos)
+), t AS (
+    SELECT {now} AS now
+), inserted AS (
+    INSERT INTO {s}.jobs (id, task, queue, priority, payload, status, max_attempts,
+                          created_at, run_at, unique_key, task_version, trace)
+    SELECT i.id, i.task, i.queue, i.priority, i.payload,
+           CASE WHEN COALESCE(i.run_at, t.now) > t.now THEN 'scheduled' ELSE 'queued' END,
+           i.max_attempts, t.now, COALESCE(i.run_at, t.now), i.unique_key, i.task_version,
+           i.trace::jsonb
+    FROM input AS i, t
+    ORDER BY i.pos
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT i.id,
+       EXISTS (SELECT 1 FROM inserted AS n WHERE n.id = i.id) AS added,
+       EXISTS (SELECT 1 FROM {s}.jobs AS e WHERE e.id = i.id) AS id_taken,
+       (SELECT e.id FROM {s}.jobs AS e
+        WHERE e.unique_key = i.unique_key AND e.status IN ('scheduled', 'queued', 'running')
+        LIMIT 1) AS holder
+FROM input AS i
+ORDER BY i.pos;
+
+-- name: find_existing
+-- After a conflict with a job committed while enqueue waited (not in its snapshot).
+SELECT id, unique_key FROM {s}.jobs
+WHERE id = ANY(%(ids)s::text[])
+   OR (unique_key = ANY(%(unique_keys)s::text[])
+       AND status IN ('scheduled', 'queued', 'running'));
+
+-- name: reserve
+-- Queues in the order given, each scanned in index order (priority, run_at, id) and
+-- locked with SKIP LOCKED; the nested loop runs the next queue's scan only while the
+-- outer LIMIT still wants rows, so no row is locked that is not taken.
+UPDATE {s}.jobs AS j
+SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
+    lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s
+FROM (
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
+    CROSS JOIN LATERAL (
+        SELECT w.id FROM {s}.jobs AS w
+        WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
+          AND (w.status = 'queued' OR w.run_at <= {now})
+        ORDER BY w.priority DESC, w.run_at, w.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
+    LIMIT %(limit)s
+) AS pick
+WHERE j.id = pick.id
+RETURNING j.id, j.task, j.queue, j.payload, j.status, j.priority, j.attempts,
+    j.max_attempts, j.lost_leases, j.last_error, j.dead_reason, j.created_at, j.run_at,
+    j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token, j.unique_key,
+    j.task_version, j.result, j.trace;
+
+-- name: extend
+UPDATE {s}.jobs AS j SET lease_until = {now} + %(lease)s
+FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+RETURNING j.id;
+
+-- name: finish
+UPDATE {s}.jobs AS j
+SET status = o.status,
+    finished_at = CASE WHEN o.status = 'scheduled' THEN j.finished_at ELSE {now} END,
+    run_at = CASE WHEN o.status = 'scheduled' THEN COALESCE(o.retry_at, {now})
+                  ELSE j.run_at END,
+    worker = CASE WHEN o.status = 'scheduled' THEN NULL ELSE j.worker END,
+    result = CASE WHEN o.status = 'succeeded' THEN o.result ELSE j.result END,
+    dead_reason = CASE WHEN o.status = 'dead' THEN o.dead_reason ELSE j.dead_reason END,
+    last_error = CASE WHEN o.status = 'succeeded' THEN COALESCE(o.error, j.last_error)
+                      ELSE o.error END,
+    lease_until = NULL
+FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(statuses)s::text[],
+            %(retry_ats)s::float8[], %(reasons)s::text[], %(errors)s::text[],
+            %(results)s::text[])
+    AS o(id, token, status, retry_at, dead_reason, error, result)
+WHERE j.id = o.id AND j.lease_token = o.token AND j.status = 'running'
+RETURNING j.id;
+
+-- name: release
+UPDATE {s}.jobs AS j
+SET status = CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
+    run_at = {now} + %(delay)s::float8, attempts = greatest(j.attempts - 1, 0),
+    lease_until = NULL, lease_token = NULL, worker = NULL
+FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+RETURNING j.id;
+
+-- name: recover_expired
+-- SKIP LOCKED: a job whose row is locked is being finished or extended right now.
+UPDATE {s}.jobs AS j
+SET status = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN 'dead' ELSE 'queued' END,
+    dead_reason = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN 'worker_lost'
+                       ELSE j.dead_reason END,
+    finished_at = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN {now}
+                       ELSE j.finished_at END,
+    last_error = %(error)s, lost_leases = j.lost_leases + 1, run_at = {now},
+    lease_until = NULL, lease_token = NULL, worker = NULL
+WHERE j.id IN (SELECT e.id FROM {s}.jobs AS e
+               WHERE e.status = 'running' AND e.lease_until < {now}
+               FOR UPDATE SKIP LOCKED)
+  AND j.status = 'running'
+RETURNING j.id;
+
+-- name: recover_given
+UPDATE {s}.jobs AS j
+SET status = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN 'dead' ELSE 'queued' END,
+    dead_reason = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN 'worker_lost'
+                       ELSE j.dead_reason END,
+    finished_at = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN {now}
+                       ELSE j.finished_at END,
+    last_error = %(error)s, lost_leases = j.lost_leases + 1, run_at = {now},
+    lease_until = NULL, lease_token = NULL, worker = NULL
+FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+RETURNING j.id;
+
+-- name: next_due
+-- Seconds until the earliest scheduled job of these queues is due (NULL: none).
+SELECT min(run_at) - {now} FROM {s}.jobs
+WHERE status = 'scheduled' AND queue = ANY(%(queues)s::text[]);
+
+-- name: requeue
+UPDATE {s}.jobs
+SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
+    finished_at = NULL, lease_token = NULL
+WHERE id = ANY(%(ids)s::text[]) AND status IN ('dead', 'scheduled', 'cancelled');
+
+-- name: requeue_dead
+UPDATE {s}.jobs
+SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
+    finished_at = NULL, lease_token = NULL
+WHERE status = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text);
+
+-- name: cancel
+UPDATE {s}.jobs SET status = 'cancelled', finished_at = {now}
+WHERE id = ANY(%(ids)s::text[]) AND status IN ('scheduled', 'queued');
+
+-- name: purge
+UPDATE {s}.jobs SET status = 'cancelled', finished_at = {now}
+WHERE queue = %(queue)s AND status IN ('scheduled', 'queued');
+
+-- name: set_paused
+-- Resuming a queue wakes its idle workers.
+WITH q AS (
+    INSERT INTO {s}.queues AS q (name, paused) VALUES (%(queue)s, %(paused)s)
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+    RETURNING q.name, q.paused
+)
+SELECT pg_notify(%(channel)s, q.name)::text FROM q WHERE NOT q.paused;
+
+-- name: prune_succeeded
+DELETE FROM {s}.jobs WHERE id IN (
+    SELECT id FROM {s}.jobs
+    WHERE status = 'succeeded' AND finished_at < %(before)s
+    LIMIT %(batch)s FOR UPDATE SKIP LOCKED);
+
+-- name: prune_failed
+DELETE FROM {s}.jobs WHERE id IN (
+    SELECT id FROM {s}.jobs
+    WHERE status IN ('dead', 'cancelled') AND finished_at < %(before)s
+    LIMIT %(batch)s FOR UPDATE SKIP LOCKED);
+
+-- name: get
+SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace
+FROM {s}.jobs WHERE id = %(id)s;
+
+-- name: list_jobs
+-- {where} is built from fixed fragments for the filters given, so each combination gets
+-- its own plan (by status: jobs_status_id; otherwise the primary key, newest first).
+SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace
+FROM {s}.jobs
+WHERE {where}
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: queue_stats
+-- Live jobs from the partial index jobs_live; finished ones from terminal_counts.
+SELECT 'count' AS kind, queue, status, count(*)::float8 AS value
+FROM {s}.jobs WHERE status IN ('scheduled', 'queued', 'running')
+GROUP BY queue, status
+UNION ALL
+SELECT 'count', queue, status, sum(n)::float8
+FROM {s}.terminal_counts GROUP BY queue, status HAVING sum(n) <> 0
+UNION ALL
+SELECT 'age', queue, NULL, greatest(0, {now} - min(run_at))
+FROM {s}.jobs
+WHERE status IN ('scheduled', 'queued') AND (status = 'queued' OR run_at <= {now})
+GROUP BY queue
+UNION ALL
+SELECT 'paused', name, NULL, paused::integer::float8 FROM {s}.queues;
+
+-- name: upsert_worker
+INSERT INTO {s}.workers AS w (id, info, seen_at)
+VALUES (%(id)s, %(info)s::jsonb || jsonb_build_object('seen_at', {now}), {now})
+ON CONFLICT (id) DO UPDATE SET info = excluded.info, seen_at = excluded.seen_at;
+
+-- name: delete_worker
+DELETE FROM {s}.workers WHERE id = %(id)s;
+
+-- name: live_workers
+SELECT info FROM {s}.workers WHERE seen_at >= {now} - %(within)s ORDER BY id;
+
+-- name: acquire_lease
+INSERT INTO {s}.leases AS l (name, owner, until)
+VALUES (%(name)s, %(owner)s, {now} + %(ttl)s)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE l.owner = excluded.owner OR l.until < {now}
+RETURNING 1;
+
+-- name: release_lease
+DELETE FROM {s}.leases WHERE name = %(name)s AND owner = %(owner)s;

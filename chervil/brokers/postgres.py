@@ -217,8 +217,19 @@ class PostgresBroker(Broker):
                 lease_seconds: float) -> list[Job]:
         if limit <= 0 or not queues:
             return []
-        rows = self._rows("reserve", queues=list(queues), limit=limit, worker=worker,
-                          lease=float(lease_seconds), token=uuid.uuid4().hex)
+        rows = self._rows("reserve", **self._reserve_params(queues, limit, worker,
+                                                           lease_seconds))
+        return self._reserved(rows, queues)
+
+    @staticmethod
+    def _reserve_params(queues: Sequence[str], limit: int, worker: str,
+                        lease_seconds: float) -> dict[str, Any]:
+        return {"queues": list(queues), "limit": limit, "worker": worker,
+                "lease": float(lease_seconds), "token": uuid.uuid4().hex}
+
+    @staticmethod
+    def _reserved(rows: list[Any], queues: Sequence[str]) -> list[Job]:
+        # RETURNING gives rows in no promised order: restore the reserve order.
         jobs = [_row_to_job(r) for r in rows]
         order = {q: i for i, q in enumerate(queues)}
         jobs.sort(key=lambda j: (order[j.queue], -j.priority, j.run_at, j.id))
@@ -235,17 +246,43 @@ class PostgresBroker(Broker):
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
+        return self._finished(outcomes, self._rows("finish", **self._finish_params(outcomes)))
+
+    def finish_and_reserve(self, outcomes: Sequence[Outcome], queues: Sequence[str],
+                           limit: int, worker: str, lease_seconds: float
+                           ) -> tuple[list[bool], list[Job]]:
+        """Both statements in one transaction, sent as one pipeline: one round trip."""
+        if not outcomes:
+            return [], self.reserve(queues, limit, worker, lease_seconds)
+        if limit <= 0 or not queues:
+            return self.finish(outcomes), []
+        fparams = self._params(**self._finish_params(outcomes))
+        rparams = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
+        with self._conn() as conn:
+            fcur, rcur = conn.cursor(), conn.cursor()
+            with conn.pipeline(), conn.transaction():
+                fcur.execute(self._q["finish"], fparams)
+                rcur.execute(self._q["reserve"], rparams)
+            return (self._finished(outcomes, fcur.fetchall()),
+                    self._reserved(rcur.fetchall(), queues))
+
+    @staticmethod
+    def _finish_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         for o in outcomes:
             if o.status not in (JobStatus.SUCCEEDED, JobStatus.SCHEDULED, JobStatus.DEAD):
                 raise ValueError(f"an outcome cannot have status {o.status}")
         # One row per job: a second outcome for the same job in a batch is stale.
         once = list({o.job_id: o for o in reversed(outcomes)}.values())
-        accepted = {r[0] for r in self._rows(
-            "finish", ids=[o.job_id for o in once], tokens=[o.lease_token for o in once],
-            statuses=[o.status.value for o in once], retry_ats=[o.retry_at for o in once],
-            reasons=[o.dead_reason for o in once],
-            errors=[o.error.to_json() if o.error else None for o in once],
-            results=[o.result for o in once])}
+        return {"ids": [o.job_id for o in once], "tokens": [o.lease_token for o in once],
+                "statuses": [o.status.value for o in once],
+                "retry_ats": [o.retry_at for o in once],
+                "reasons": [o.dead_reason for o in once],
+                "errors": [o.error.to_json() if o.error else None for o in once],
+                "results": [o.result for o in once]}
+
+    @staticmethod
+    def _finished(outcomes: Sequence[Outcome], rows: list[Any]) -> list[bool]:
+        accepted = {r[0] for r in rows}
         out = []
         for o in outcomes:
             out.append(o.job_id in accepted)

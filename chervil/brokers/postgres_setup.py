@@ -23,7 +23,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -66,7 +66,8 @@ def parse_url(url: str) -> PostgresOptions:
         raise ConfigurationError(
             f"unknown PostgreSQL URL option(s) {unknown}; chervil's are "
             f"{', '.join(CHERVIL_OPTIONS)}, the rest must be libpq connection parameters")
-    conninfo = urlunsplit(parts._replace(query=urlencode(theirs)))
+    query = urlencode(theirs)  # (urlunsplit would turn postgresql:///db into postgresql:/db)
+    conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     schema = ours.get("schema", "chervil")
     if not schema or len(schema.encode()) > _MAX_SCHEMA_BYTES or schema.startswith("pg_"):
         raise ConfigurationError(
@@ -102,7 +103,10 @@ def check_transport(opts: PostgresOptions) -> None:
     """Refuse plaintext to another machine unless ``allow_insecure=true`` says so."""
     if opts.allow_insecure:
         return
-    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(opts.conninfo)
+    try:
+        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(opts.conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"PostgreSQL URL is not valid: {exc}") from None
     sslmode = str(params.get("sslmode") or os.environ.get("PGSSLMODE", "prefer")).lower()
     if sslmode not in ("disable", "allow"):
         return

@@ -50,7 +50,7 @@ class Admin:
     def view(self, job: Job) -> JobView:
         limit = self.app.settings.payload_limit_bytes
         try:
-            args, kwargs = decode_payload(job.payload, max(limit, len(job.payload)))
+            args, kwargs = decode_payload(job.payload, limit)
         except DecodeError as exc:
             return JobView(job, None, None, f"undecodable ({exc}): {job.payload_digest()}")
         task = self.app.tasks.get(job.task)

@@ -40,6 +40,10 @@ class Context:
     def admin(self) -> Admin:
         return Admin(self.app)
 
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -57,6 +61,7 @@ def _echo_json(data: Any) -> None:
 def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
     """chervil: background jobs with leases, retries and a dead-letter queue."""
     ctx.obj = Context(app_path, url)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.command()

@@ -15,6 +15,12 @@ on a listening connection of its own (one per waiting thread), capped at the tim
 the next scheduled job, and the caller's timeout is the polling fallback for a lost
 notification. Queue stats count live jobs from a partial index and finished jobs from
 ``terminal_counts``, kept exact by the same trigger, so they never scan finished rows.
+
+Round trips per call: enqueue 1 (plus 1 only when a unique key was taken by a job
+committed while it waited), reserve 1, finish 1, finish_and_reserve 1 (two statements
+pipelined in one transaction), extend/release/recover 1, prune 1 per batch, every other
+verb 1. ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside
+its open transaction and never commits (in autocommit mode the statement commits itself).
 """
 
 from __future__ import annotations

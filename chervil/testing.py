@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +51,12 @@ def temporary_app(directory: str | os.PathLike[str] | None = None,
 
 
 def drain(app: Chervil, queues: list[str] | None = None, *, fail_fast: bool = False,
-          advance_clock: bool = True, max_jobs: int = 10_000) -> DrainReport:
-    """Run jobs until none is ready (and, with a FakeClock, none is scheduled).
+          advance_clock: bool = True, max_wait: float = 5.0,
+          max_jobs: int = 10_000) -> DrainReport:
+    """Run jobs until none is ready and none is scheduled soon.
 
+    With a FakeClock, scheduled jobs (retries, delays) are reached by moving the clock;
+    with a real clock, by waiting for those due within ``max_wait`` seconds.
     ``fail_fast`` re-raises the first task exception instead of recording a retry.
     """
     broker = app.broker
@@ -61,7 +65,7 @@ def drain(app: Chervil, queues: list[str] | None = None, *, fail_fast: bool = Fa
     while report.ran < max_jobs:
         jobs = broker.reserve(names, 50, "drain", app.settings.lease_seconds)
         if not jobs:
-            if advance_clock and isinstance(app.clock, FakeClock) and _advance(app, names):
+            if advance_clock and _advance(app, names, max_wait):
                 continue
             return report
         for job in jobs:
@@ -81,15 +85,21 @@ def drain(app: Chervil, queues: list[str] | None = None, *, fail_fast: bool = Fa
     return report
 
 
-def _advance(app: Chervil, queues: list[str]) -> bool:
-    """Move a fake clock to the next scheduled job in ``queues``; False if there is none."""
+def _advance(app: Chervil, queues: list[str], max_wait: float) -> bool:
+    """Reach the next scheduled job in ``queues``; False if there is none (soon enough)."""
     clock = app.clock
-    assert isinstance(clock, FakeClock)
     nexts = [j.run_at for j in app.broker.list_jobs(
         _filter(JobStatus.SCHEDULED), limit=1000) if j.queue in queues]
     if not nexts:
         return False
-    clock.set(max(clock.now(), min(nexts)))
+    due = min(nexts)
+    if isinstance(clock, FakeClock):
+        clock.set(max(clock.now(), due))
+        return True
+    wait = due - clock.now()
+    if wait > max_wait:
+        return False
+    time.sleep(max(0.0, wait))
     return True
 
 

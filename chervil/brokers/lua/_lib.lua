@@ -1,0 +1,115 @@
+-- Shared helpers: redis_scripts.py prepends this file to every other script before
+-- loading it, so each script stays one EVALSHA. Nothing here touches a key by itself.
+--
+-- Key layout (all keys of one queue share the hash tag {<queue>}, so one script touches
+-- one Redis Cluster slot; <base> below is "<prefix>:{<queue>}"):
+--   <base>:j:<id>        hash   the job record (one per job)
+--   <base>:ready         zset   queued jobs; score -priority, member <run_at µs, 17 digits><id>
+--   <base>:age           zset   queued jobs; score run_at (age of the oldest ready job)
+--   <base>:sched         zset   scheduled jobs; score run_at
+--   <base>:run           zset   running jobs; score lease_until
+--   <base>:fin:<status>  zset   succeeded / dead / cancelled jobs; score finished_at
+--   <base>:ids:<status>  zset   every job by status; score 0, member id (ZRANGEBYLEX paging)
+--   <base>:uniq          hash   unique_key -> id of the job holding it
+--   <base>:paused        string present while the queue is paused
+-- Global keys share the tag {_}: <prefix>:{_}:queues (set), <prefix>:{_}:wake:<queue>
+-- (list of wake-up tokens), workers and named leases.
+--
+-- Numbers written back to Redis always go through fmt() (%.17g): Lua's own number to
+-- string conversion keeps only 14 digits and would round timestamps.
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- now: the caller's clock (tests inject one) or, when empty, Redis's own TIME.
+local function clock(arg)
+  if arg == '' then
+    local t = redis.call('TIME')
+    local n = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    return n, fmt(n)
+  end
+  return tonumber(arg), arg
+end
+
+-- Member of <base>:ready: run_at in whole microseconds, fixed width, then the id, so
+-- members of one priority sort by run_at then id.
+local function rkey(run_at, id)
+  local us = math.floor(run_at * 1000000)
+  if us < 0 then us = 0 end
+  return string.format('%017.0f', us) .. id
+end
+
+-- Push up to n wake-up tokens (the list never holds more than cap).
+local function wake(key, n, cap)
+  if key and n > 0 then
+    local tokens = {}
+    for i = 1, math.min(n, cap) do tokens[i] = '1' end
+    redis.call('LPUSH', key, unpack(tokens))
+    redis.call('LTRIM', key, 0, cap - 1)
+  end
+end
+
+local TERMINAL = {succeeded = true, dead = true, cancelled = true}
+local LIVE = {scheduled = true, queued = true, running = true}
+
+-- Take job id out of the indexes of its status st.
+local function leave(base, id, st, h)
+  redis.call('ZREM', base .. ':ids:' .. st, id)
+  if st == 'queued' then
+    local run_at = tonumber(redis.call('HGET', h, 'run_at'))
+    redis.call('ZREM', base .. ':ready', rkey(run_at, id))
+    redis.call('ZREM', base .. ':age', id)
+  elseif st == 'scheduled' then
+    redis.call('ZREM', base .. ':sched', id)
+  elseif st == 'running' then
+    redis.call('ZREM', base .. ':run', id)
+  else
+    redis.call('ZREM', base .. ':fin:' .. st, id)
+    redis.call('PERSIST', h)
+  end
+end
+
+-- Put job id into the indexes of status st and set its status field. score_s is run_at
+-- (queued, scheduled), lease_until (running) or finished_at (terminal), as a string.
+-- ttl: seconds a terminal record lives (EXPIRE), 0 = until pruned.
+local function enter(base, id, st, h, score_s, ttl)
+  redis.call('HSET', h, 'status', st)
+  redis.call('ZADD', base .. ':ids:' .. st, 0, id)
+  if st == 'queued' then
+    local prio = tonumber(redis.call('HGET', h, 'priority') or '0')
+    redis.call('ZADD', base .. ':ready', fmt(0 - prio), rkey(tonumber(score_s), id))
+    redis.call('ZADD', base .. ':age', score_s, id)
+  elseif st == 'scheduled' then
+    redis.call('ZADD', base .. ':sched', score_s, id)
+  elseif st == 'running' then
+    redis.call('ZADD', base .. ':run', score_s, id)
+  else
+    redis.call('ZADD', base .. ':fin:' .. st, score_s, id)
+    if ttl and ttl > 0 then redis.call('EXPIRE', h, ttl) end
+  end
+end
+
+-- A job leaving the live states gives its unique key back.
+local function free_unique(base, id, h)
+  local uk = redis.call('HGET', h, 'unique_key')
+  if uk and redis.call('HGET', base .. ':uniq', uk) == id then
+    redis.call('HDEL', base .. ':uniq', uk)
+  end
+end
+
+-- The id of a live job holding unique key uk, or nil.
+local function unique_holder(base, uk)
+  local holder = redis.call('HGET', base .. ':uniq', uk)
+  if holder and LIVE[redis.call('HGET', base .. ':j:' .. holder, 'status') or ''] then
+    return holder
+  end
+  return nil
+end
+
+-- Run_at of the first scheduled job, or nil.
+local function sched_head(base)
+  local first = redis.call('ZRANGE', base .. ':sched', 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) end
+  return nil
+end
+
+local function is_paused(base) return redis.call('EXISTS', base .. ':paused') == 1 end

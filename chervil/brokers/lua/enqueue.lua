@@ -1,0 +1,73 @@
+-- enqueue: add jobs to one or more queues, atomically (one script = one commit).
+--
+-- KEYS[1..nq]        <prefix>:{<queue>} base of each queue (see _lib.lua for its keys)
+-- KEYS[nq+1..2nq]    standalone only: <prefix>:{_}:wake:<queue>, pushed here; in cluster
+--                    mode they are absent and the caller pushes the returned counts
+-- ARGV[1]  now ('' = Redis TIME)     ARGV[2] nq     ARGV[3] wake cap
+-- then per queue: queue name, n, and n times 9 fields:
+--   id, task, payload, priority, max_attempts, run_at ('' = now), unique_key ('' none),
+--   task_version ('' none), trace JSON ('' none)
+-- Returns {{id, duplicate (0|1), ...per job}, {wake tokens per queue}}.
+-- A job whose id exists, or whose unique key a live job holds, is not added: the
+-- existing id comes back with duplicate = 1.
+
+local now, now_s = clock(ARGV[1])
+local nq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+local out, wakes = {}, {}
+for g = 1, nq do
+  local base, wkey = KEYS[g], KEYS[nq + g]
+  local queue, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local head = sched_head(base) or math.huge
+  local ready, new_head = 0, false
+  for _ = 1, n do
+    local id, task, payload, prio, max_attempts, run_at_s, uk, version, trace =
+      unpack(ARGV, i, i + 8)
+    i = i + 9
+    local h = base .. ':j:' .. id
+    local dup = nil
+    if redis.call('EXISTS', h) == 1 then
+      dup = id
+    elseif uk ~= '' then
+      dup = unique_holder(base, uk)
+    end
+    if dup then
+      out[#out + 1] = dup
+      out[#out + 1] = 1
+    else
+      local run_at = now
+      if run_at_s == '' then run_at_s = now_s else run_at = tonumber(run_at_s) end
+      local fields = {'task', task, 'queue', queue, 'payload', payload, 'attempts', '0',
+                      'max_attempts', max_attempts, 'created_at', now_s, 'run_at', run_at_s}
+      if prio ~= '0' then fields[#fields + 1] = 'priority'; fields[#fields + 1] = prio end
+      if version ~= '' then
+        fields[#fields + 1] = 'task_version'; fields[#fields + 1] = version
+      end
+      if trace ~= '' then fields[#fields + 1] = 'trace'; fields[#fields + 1] = trace end
+      if uk ~= '' then
+        fields[#fields + 1] = 'unique_key'; fields[#fields + 1] = uk
+        redis.call('HSET', base .. ':uniq', uk, id)
+      end
+      redis.call('HSET', h, unpack(fields))
+      if run_at > now then
+        enter(base, id, 'scheduled', h, run_at_s)
+        if run_at < head then head = run_at; new_head = true end
+      else
+        enter(base, id, 'queued', h, run_at_s)
+        ready = ready + 1
+      end
+      out[#out + 1] = id
+      out[#out + 1] = 0
+    end
+  end
+  local tokens = 0
+  if not is_paused(base) then
+    tokens = ready
+    -- a new first scheduled job: waiters recompute how long they may sleep
+    if new_head and tokens == 0 then tokens = 1 end
+  end
+  wake(wkey, tokens, cap)
+  wakes[g] = tokens
+end
+return {out, wakes}

@@ -1,0 +1,71 @@
+-- finish: record the outcomes of attempts; an outcome whose lease token is not the
+-- job's current one (or whose job is not running) is rejected: fencing.
+--
+-- KEYS[1..nq]  <prefix>:{<queue>} bases      KEYS[nq+1..2nq]  wake lists (standalone)
+-- ARGV[1] now ('' = Redis TIME)  ARGV[2] nq  ARGV[3] wake cap
+-- ARGV[4] succeeded ttl (s, 0 = keep until pruned)  ARGV[5] dead ttl
+-- then per queue: n, and n times 7 fields:
+--   id, token, kind ('s' succeeded | 'r' retry | 'd' dead), retry_at ('' = now),
+--   dead_reason, error JSON ('' none), result JSON ('' none)
+-- Returns {{1|0 per outcome}, {wake tokens per queue}}.
+
+local now, now_s = clock(ARGV[1])
+local nq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl = {succeeded = tonumber(ARGV[4]), dead = tonumber(ARGV[5])}
+local i = 6
+local out, wakes = {}, {}
+for g = 1, nq do
+  local base = KEYS[g]
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local head = sched_head(base) or math.huge
+  local ready, new_head = 0, false
+  for _ = 1, n do
+    local id, token, kind, retry_at_s, reason, err, result = unpack(ARGV, i, i + 6)
+    i = i + 7
+    local h = base .. ':j:' .. id
+    local cur = redis.call('HMGET', h, 'status', 'lease_token')
+    if cur[1] ~= 'running' or cur[2] ~= token then
+      out[#out + 1] = 0
+    else
+      leave(base, id, 'running', h)
+      redis.call('HDEL', h, 'lease_until')
+      if kind == 'r' then
+        local run_at = now
+        if retry_at_s == '' then retry_at_s = now_s else run_at = tonumber(retry_at_s) end
+        redis.call('HSET', h, 'run_at', retry_at_s)
+        redis.call('HDEL', h, 'worker')
+        if err ~= '' then redis.call('HSET', h, 'last_error', err)
+        else redis.call('HDEL', h, 'last_error') end
+        if run_at > now then
+          enter(base, id, 'scheduled', h, retry_at_s)
+          if run_at < head then head = run_at; new_head = true end
+        else
+          enter(base, id, 'queued', h, retry_at_s)
+          ready = ready + 1
+        end
+      elseif kind == 's' then
+        redis.call('HSET', h, 'finished_at', now_s)
+        if result ~= '' then redis.call('HSET', h, 'result', result) end
+        if err ~= '' then redis.call('HSET', h, 'last_error', err) end
+        free_unique(base, id, h)
+        enter(base, id, 'succeeded', h, now_s, ttl.succeeded)
+      else
+        redis.call('HSET', h, 'finished_at', now_s, 'dead_reason', reason)
+        if err ~= '' then redis.call('HSET', h, 'last_error', err)
+        else redis.call('HDEL', h, 'last_error') end
+        free_unique(base, id, h)
+        enter(base, id, 'dead', h, now_s, ttl.dead)
+      end
+      out[#out + 1] = 1
+    end
+  end
+  local tokens = 0
+  if not is_paused(base) then
+    tokens = ready
+    if new_head and tokens == 0 then tokens = 1 end
+  end
+  wake(KEYS[nq + g], tokens, cap)
+  wakes[g] = tokens
+end
+return {out, wakes}

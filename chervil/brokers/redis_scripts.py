@@ -1,0 +1,94 @@
+"""The Redis broker's Lua scripts and job records.
+
+Each ``lua/<name>.lua`` is one atomic change; ``lua/_lib.lua`` (helpers and the key
+layout) is prepended to it. Scripts are called by SHA (EVALSHA) and loaded again when
+Redis answers NOSCRIPT (after a restart, a failover or SCRIPT FLUSH).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from ..job import ErrorInfo, Job, JobStatus
+from .redis_conn import nodes
+
+NAMES = ("enqueue", "reserve", "finish", "extend", "release", "recover", "requeue",
+         "cancel", "prune", "stats", "worker", "lease")
+STATUSES = tuple(s.value for s in JobStatus)
+
+
+def _read(name: str) -> str:
+    return resources.files("chervil.brokers").joinpath("lua", f"{name}.lua").read_text()
+
+
+class Scripts:
+    def __init__(self) -> None:
+        lib = _read("_lib")
+        self.text = {name: f"{lib}\n{_read(name)}" for name in NAMES}
+        self.sha = {name: hashlib.sha1(t.encode()).hexdigest()
+                    for name, t in self.text.items()}
+
+    def load(self, client: Any) -> None:
+        for node in nodes(client):
+            for text in self.text.values():
+                node.script_load(text)
+
+    def run(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Run (name, keys, args) calls in one pipeline; reload and rerun on NOSCRIPT.
+
+        Only the calls Redis refused with NOSCRIPT run again: they did not run at all.
+        """
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                name, keys, args = calls[i]
+                pipe.execute_command("EVALSHA", self.sha[name], len(keys), *keys, *args)
+            out = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, res in zip(todo, out, strict=True):
+                if isinstance(res, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(res, Exception):
+                    raise res
+                else:
+                    results[i] = res
+            if not missing:
+                break
+            self.load(client)
+            todo = missing
+        return results
+
+
+def _s(v: bytes | None) -> str | None:
+    return v.decode() if v is not None else None
+
+
+def _f(v: bytes | None) -> float | None:
+    return float(v) if v is not None else None
+
+
+def decode_job(job_id: str, raw: dict[bytes, bytes] | list[bytes]) -> Job:
+    """A job from its hash (HGETALL as a dict, or the flat list a script returns)."""
+    d = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
+    g = d.get
+    trace = g(b"trace")
+    return Job(
+        id=job_id, task=(g(b"task") or b"").decode(), queue=(g(b"queue") or b"").decode(),
+        payload=g(b"payload") or b"", status=JobStatus((g(b"status") or b"").decode()),
+        priority=int(g(b"priority") or 0), attempts=int(g(b"attempts") or 0),
+        max_attempts=int(g(b"max_attempts") or 1), lost_leases=int(g(b"lost_leases") or 0),
+        last_error=ErrorInfo.from_json(g(b"last_error")), dead_reason=_s(g(b"dead_reason")),
+        created_at=float(g(b"created_at") or 0), run_at=float(g(b"run_at") or 0),
+        started_at=_f(g(b"started_at")), finished_at=_f(g(b"finished_at")),
+        worker=_s(g(b"worker")), lease_until=_f(g(b"lease_until")),
+        lease_token=_s(g(b"lease_token")), unique_key=_s(g(b"unique_key")),
+        task_version=_s(g(b"task_version")), result=_s(g(b"result")),
+        trace=json.loads(trace) if trace else {},
+    )

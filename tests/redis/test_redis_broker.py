@@ -1,0 +1,153 @@
+"""Redis-specific behaviour: URL options, safety checks, Redis's own clock, wake-ups."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from chervil.brokers import open_broker
+from chervil.brokers.base import Lease
+from chervil.brokers.redis import RedisBroker
+from chervil.brokers.redis_conn import parse_url
+from chervil.clock import SystemClock
+from chervil.errors import ConfigurationError
+from chervil.job import JobStatus
+from tests.contract.test_broker_contract import new, ok
+from tests.redis.server import RedisServer
+
+LEASE = 30.0
+
+
+def test_url_forms_and_options() -> None:
+    o = parse_url("redis://user:p%40ss@127.0.0.1:6380/3?prefix=app1&enqueue_timeout=2.5")
+    assert (o.host, o.port, o.db, o.username, o.password) == ("127.0.0.1", 6380, 3, "user",
+                                                               "p@ss")
+    assert (o.prefix, o.enqueue_timeout, o.tls, o.cluster) == ("app1", 2.5, False, False)
+    assert parse_url("rediss://:pw@cache.example.com:6380/0").tls
+    u = parse_url("unix:///run/redis.sock?db=2")
+    assert (u.unix_path, u.db) == ("/run/redis.sock", 2)
+    assert parse_url("redis://127.0.0.1:7000?cluster=true").cluster
+    assert parse_url("redis://[::1]:6379/0").host == "::1"
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("redis://127.0.0.1/0?prefx=a", "prefx"),
+    ("redis://127.0.0.1/0?prefix=a{b}", "prefix"),
+    ("redis://127.0.0.1/2?cluster=true", "database 0"),
+    ("redis://127.0.0.1/0?cluster=maybe", "true or false"),
+    ("redis://10.1.2.3:6379/0", "allow_no_password"),
+    ("redis://redis.example.com:6379/0", "password"),
+])
+def test_bad_urls_are_refused(url: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        parse_url(url)
+
+
+def test_remote_redis_with_password_or_explicit_opt_out() -> None:
+    assert parse_url("redis://:secret@10.1.2.3:6379/0").password == "secret"
+    assert parse_url("redis://10.1.2.3:6379/0?allow_no_password=true").allow_no_password
+
+
+def test_eviction_policy_is_refused(private_redis: RedisServer) -> None:
+    private_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    broker = open_broker(private_redis.url)
+    try:
+        with pytest.raises(ConfigurationError, match=r"maxmemory-policy.*allow_eviction=true"):
+            broker.enqueue([new()])
+    finally:
+        broker.close()
+    broker = open_broker(private_redis.url + "?allow_eviction=true")
+    try:
+        assert len(broker.enqueue([new()])) == 1
+    finally:
+        broker.close()
+
+
+def test_persistence_off_is_a_logged_warning(private_redis: RedisServer,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    broker = open_broker(private_redis.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="chervil.brokers.redis"):
+            broker.queue_stats()
+        assert any("appendonly" in r.getMessage() for r in caplog.records)
+    finally:
+        broker.close()
+
+
+def test_enqueue_refuses_a_foreign_transaction(private_redis: RedisServer) -> None:
+    broker = open_broker(private_redis.url)
+    try:
+        with pytest.raises(ConfigurationError, match="transaction"):
+            broker.enqueue([new()], connection=object())
+    finally:
+        broker.close()
+
+
+def test_redis_time_drives_leases_and_schedules(private_redis: RedisServer) -> None:
+    broker = open_broker(private_redis.url)
+    assert isinstance(broker, RedisBroker) and isinstance(broker.clock, SystemClock)
+    try:
+        secs, micros = private_redis.client().time()
+        server_now = secs + micros / 1e6
+        [jid] = [e.id for e in broker.enqueue([new(priority=2)])]
+        [job] = broker.reserve(["default"], 5, "w", LEASE)
+        assert job.id == jid and job.started_at is not None and job.lease_until is not None
+        assert abs(job.started_at - server_now) < 5
+        assert job.lease_until == pytest.approx(job.started_at + LEASE, abs=1e-3)
+        assert broker.extend([Lease(job.id, job.lease_token or "")], LEASE) == []
+        assert broker.finish([ok(jid, job.lease_token or "")]) == [True]
+        # a job due in 0.3 s: wait() sleeps until then, not to its 20 s timeout
+        [later] = [e.id for e in broker.enqueue([new(run_at=time.time() + 0.3)])]
+        deadline = time.monotonic() + 15
+        got: list[str] = []
+        while not got and time.monotonic() < deadline:
+            broker.wait(["default"], timeout=20.0)
+            got = [j.id for j in broker.reserve(["default"], 5, "w", LEASE)]
+        assert got == [later]
+        assert broker.acquire_lease("scheduler", "a", 10)
+        assert not broker.acquire_lease("scheduler", "b", 10)
+        [stats] = broker.queue_stats()
+        assert stats.counts == {"running": 1, "succeeded": 1}
+    finally:
+        broker.close()
+
+
+def test_one_enqueue_wakes_every_waiter_it_has_jobs_for(private_redis: RedisServer) -> None:
+    """Four waiters, eight jobs in one enqueue, two per reserve: nobody is left asleep."""
+    broker = open_broker(private_redis.url)
+    got: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(5)
+
+    def worker() -> None:
+        start.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with lock:
+                if len(got) >= 8:
+                    return
+            broker.wait(["default"], timeout=20.0)
+            jobs = broker.reserve(["default"], 2, threading.current_thread().name, LEASE)
+            with lock:
+                got.extend(j.id for j in jobs)
+
+    try:
+        broker.queue_stats()  # connect first
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        start.wait()
+        time.sleep(0.2)  # let them block
+        began = time.monotonic()
+        ids = [e.id for e in broker.enqueue([new() for _ in range(8)])]
+        for t in threads:
+            t.join()
+        assert sorted(got) == sorted(ids)
+        assert time.monotonic() - began < 15, "a waiter slept to its timeout"
+        job = broker.get(ids[0])
+        assert job is not None and job.status is JobStatus.RUNNING
+    finally:
+        broker.close()

@@ -104,7 +104,8 @@ def sqlite_libs(peers: set[str] | None) -> list[tuple[str, Builder]]:
 
 def redis_libs(peers: set[str] | None) -> list[tuple[str, Builder]]:
     def chervil() -> list[tuple[Lib, list[Variant]]]:
-        return [_chervil("redis", REDIS_URL, _flush)]
+        url = os.environ.get("BENCH_CHERVIL_REDIS_URL", REDIS_URL)
+        return [_chervil("redis", url, _flush)]
 
     def celery() -> list[tuple[Lib, list[Variant]]]:
         py = ensure("celery")

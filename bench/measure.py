@@ -136,13 +136,23 @@ def rate(result: dict[str, Any]) -> float | None:
 
 
 def drain(lib: Lib, variant: Variant, r: redis.Redis, n: int, max_seconds: float,
-          count_commands: bool = False) -> dict[str, Any]:
-    """N jobs waiting, then one worker command: seconds until the counter reaches N."""
+          count_commands: bool = False, waiting: int | None = None,
+          fill_seconds: float | None = None) -> dict[str, Any]:
+    """N jobs waiting, then one worker command: seconds until the counter reaches N.
+
+    With ``waiting``, that many jobs wait (filled with the bulk API for at most
+    ``fill_seconds``) and the clock still stops at the N-th completion.
+    """
     if variant.drain_cap:
         n = min(n, variant.drain_cap)
     lib.reset(lib)
-    filled = run_driver(lib, "fill", n, timeout=600)
-    n = int(filled.get("n", n))
+    if waiting is None:
+        n = int(run_driver(lib, "fill", n, timeout=600).get("n", n))
+    else:
+        limit = fill_seconds or 1e9
+        filled = run_driver(lib, "bulk", waiting, limit, timeout=limit + 600)
+        waiting = int(filled["n"])
+        n = min(n, waiting)
     before = commandstats(r) if count_commands else {}
     log_name = f"{lib.name}-{variant.label}".replace(" ", "_").replace("/", "_")
     polls = 0
@@ -177,7 +187,7 @@ def drain(lib: Lib, variant: Variant, r: redis.Redis, n: int, max_seconds: float
         "steady_rate": ((count - first_count) / (end - first_at))
         if first_at and first_count is not None and end > first_at else None,
         "worker_cpu_us_per_job": sum(cpu_tree.values()) / max(count, 1) * 1e6,
-        "processes": len(cpu_tree),
+        "processes": len(cpu_tree), "waiting": waiting if waiting is not None else n,
     }
     if count_commands:
         after = commandstats(r)

@@ -75,6 +75,17 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
+def _refuse_flow_control(jobs: Sequence[NewJob]) -> None:
+    """Options this broker does not enforce yet fail loudly instead of being ignored."""
+    for j in jobs:
+        mode = getattr(j, "unique_mode", "active")
+        if (mode != "active" or getattr(j, "limit_key", None) is not None
+                or getattr(j, "rate_key", None) is not None):
+            raise ConfigurationError(
+                f"job {j.id} ({j.task}) asks for unique_mode={mode!r}, a concurrency limit or "
+                "a rate limit, which the PostgreSQL broker does not enforce yet")
+
+
 class PostgresBroker(Broker):
     def __init__(self, options: PostgresOptions, clock: Clock | None = None,
                  max_lost_leases: int = 3) -> None:
@@ -153,6 +164,7 @@ class PostgresBroker(Broker):
                 f"database; got {type(connection).__name__}")
         if not jobs:
             return []
+        _refuse_flow_control(jobs)
         # Repeats inside the batch resolve to their first occurrence, client side.
         send: list[NewJob] = []
         first: dict[int, int] = {}  # index in jobs -> index in send

@@ -68,14 +68,14 @@ local function leave(base, id, st, h)
   end
 end
 
--- Put job id into the indexes of status st and set its status field. score_s is run_at
--- (queued, scheduled), lease_until (running) or finished_at (terminal), as a string.
--- ttl: seconds a terminal record lives (EXPIRE), 0 = until pruned.
-local function enter(base, id, st, h, score_s, ttl)
-  redis.call('HSET', h, 'status', st)
+-- Put job id into the indexes of status st. score_s is run_at (queued, scheduled),
+-- lease_until (running) or finished_at (terminal), as a string. ttl: seconds a terminal
+-- record lives (EXPIRE), 0 = until pruned. prio: the job's priority if the caller knows
+-- it (else read from the record).
+local function index(base, id, st, h, score_s, ttl, prio)
   redis.call('ZADD', base .. ':ids:' .. st, 0, id)
   if st == 'queued' then
-    local prio = tonumber(redis.call('HGET', h, 'priority') or '0')
+    prio = prio or tonumber(redis.call('HGET', h, 'priority') or '0')
     redis.call('ZADD', base .. ':ready', fmt(0 - prio), rkey(tonumber(score_s), id))
     redis.call('ZADD', base .. ':age', score_s, id)
   elseif st == 'scheduled' then
@@ -86,6 +86,12 @@ local function enter(base, id, st, h, score_s, ttl)
     redis.call('ZADD', base .. ':fin:' .. st, score_s, id)
     if ttl and ttl > 0 then redis.call('EXPIRE', h, ttl) end
   end
+end
+
+-- Set the status field of job id to st and index it there (see index()).
+local function enter(base, id, st, h, score_s, ttl)
+  redis.call('HSET', h, 'status', st)
+  index(base, id, st, h, score_s, ttl)
 end
 
 -- A job leaving the live states gives its unique key back.

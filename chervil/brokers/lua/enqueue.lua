@@ -38,8 +38,11 @@ for g = 1, nq do
     else
       local run_at = now
       if run_at_s == '' then run_at_s = now_s else run_at = tonumber(run_at_s) end
-      local fields = {'task', task, 'queue', queue, 'payload', payload, 'attempts', '0',
-                      'max_attempts', max_attempts, 'created_at', now_s, 'run_at', run_at_s}
+      local st = 'queued'
+      if run_at > now then st = 'scheduled' end
+      local fields = {'task', task, 'queue', queue, 'payload', payload, 'status', st,
+                      'attempts', '0', 'max_attempts', max_attempts, 'created_at', now_s,
+                      'run_at', run_at_s}
       if prio ~= '0' then fields[#fields + 1] = 'priority'; fields[#fields + 1] = prio end
       if version ~= '' then
         fields[#fields + 1] = 'task_version'; fields[#fields + 1] = version
@@ -50,11 +53,10 @@ for g = 1, nq do
         redis.call('HSET', base .. ':uniq', uk, id)
       end
       redis.call('HSET', h, unpack(fields))
-      if run_at > now then
-        enter(base, id, 'scheduled', h, run_at_s)
+      index(base, id, st, h, run_at_s, 0, tonumber(prio))
+      if st == 'scheduled' then
         if run_at < head then head = run_at; new_head = true end
       else
-        enter(base, id, 'queued', h, run_at_s)
         ready = ready + 1
       end
       out[#out + 1] = id

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Collection, Sequence
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .brokers import open_broker
 from .brokers.base import Broker
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, UnknownTask
+from .limits import FlowControl
 from .retry import Retry
 from .settings import Settings
 from .task import JobHandle, PreparedJob, Task, TaskOptions, check_sensitive, task_name
@@ -60,25 +63,38 @@ class Chervil:
              priority: int = 0,
              retry: Retry | None = None, timeout: float | None = None,
              sensitive: Collection[str] = (), store_result: bool = False,
-             unique: str | None = None, version: str | None = None,
+             unique: str | None = None, unique_while: str = "active",
+             unique_for: timedelta | float | None = None, lock: str | None = None,
+             concurrency: int | None = None, concurrency_key: str | None = None,
+             rate_limit: str | None = None, rate_key: str | None = None,
+             version: str | None = None,
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
              queue: str = "default", priority: int = 0, retry: Retry | None = None,
              timeout: float | None = None, sensitive: Collection[str] = (),
              store_result: bool = False, unique: str | None = None,
-             version: str | None = None) -> Any:
-        """Register a function as a task (``@app.task`` or ``@app.task(queue=...)``)."""
+             unique_while: str = "active", unique_for: timedelta | float | None = None,
+             lock: str | None = None, concurrency: int | None = None,
+             concurrency_key: str | None = None, rate_limit: str | None = None,
+             rate_key: str | None = None, version: str | None = None) -> Any:
+        """Register a function as a task (``@app.task`` or ``@app.task(queue=...)``).
+
+        Flow-control options (``unique*``, ``lock``, ``concurrency*``, ``rate_*``) are
+        described in ``chervil/limits.py`` and docs/flow-control.md.
+        """
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(f"timeout must be positive seconds, got {timeout}")
         if not queue or ":" in queue or "," in queue:
             raise ConfigurationError(f"queue name {queue!r} must be non-empty, without ':' or ','")
-        options = TaskOptions(queue=queue, priority=priority, retry=retry or Retry(),
-                              timeout=timeout, sensitive=check_sensitive(sensitive),
-                              store_result=store_result, unique=unique, version=version)
-
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name_ = name or task_name(f)
+            flow = FlowControl.build(task_name_, inspect.signature(f).parameters, unique,
+                                     unique_while, unique_for, lock, concurrency,
+                                     concurrency_key, rate_limit, rate_key)
+            options = TaskOptions(queue=queue, priority=priority, retry=retry or Retry(),
+                                  timeout=timeout, sensitive=check_sensitive(sensitive),
+                                  store_result=store_result, version=version, flow=flow)
             if task_name_ in self.tasks:
                 raise ConfigurationError(f"a task named {task_name_!r} is already registered; "
                                          "give one of them name=...")

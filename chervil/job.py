@@ -99,6 +99,8 @@ class Job:
     task_version: str | None = None
     result: str | None = None  # JSON text, only when the task stores results
     trace: dict[str, str] = field(default_factory=dict)
+    limit_key: str | None = None  # concurrency or lock key
+    rate_key: str | None = None  # rate-limit bucket key
 
     @property
     def idempotency_key(self) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from .brokers.base import NewJob
 from .errors import ChervilError, ConfigurationError, JobNotFound, JobTimeout
 from .job import Job, JobStatus, encode_payload, new_job_id
+from .limits import FlowControl
 from .retry import Retry
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ class TaskOptions:
     timeout: float | None = None  # hard time limit, seconds
     sensitive: frozenset[str] = frozenset()
     store_result: bool = False
-    unique: str | None = None  # template over the bound arguments
     version: str | None = None
+    flow: FlowControl = field(default_factory=FlowControl)
 
 
 class JobFailed(ChervilError):
@@ -118,6 +119,7 @@ class Task(Generic[P, R]):
         self.signature = inspect.signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.version = options.version or signature_version(fn)
+        self.has_flow_control = options.flow != FlowControl()
         for pname in options.sensitive:
             if pname not in self.signature.parameters:
                 raise ConfigurationError(
@@ -149,20 +151,20 @@ class Task(Generic[P, R]):
         now = self.app.clock.now()
         run_at = _run_at(now, delay, at)
         payload = encode_payload(args, kwargs, self.app.settings.payload_limit_bytes, self.name)
-        unique_key = None
-        if self.options.unique:
+        flow: dict[str, Any] = {}
+        if self.has_flow_control:
             bound.apply_defaults()
             try:
-                unique_key = self.options.unique.format(**bound.arguments)
-            except (KeyError, IndexError) as exc:
+                flow = self.options.flow.job_fields(self.name, bound.arguments, now)
+            except (KeyError, IndexError, AttributeError) as exc:
                 raise ConfigurationError(
-                    f"task {self.name}: unique={self.options.unique!r} names {exc}, which is "
-                    "not a parameter") from None
+                    f"task {self.name}: a key template names {exc}, which this call does "
+                    "not provide") from None
         return PreparedJob(self, NewJob(
             id=new_job_id(now), task=self.name, queue=self.options.queue, payload=payload,
             priority=self.options.priority if priority is None else int(priority),
             max_attempts=self.options.retry.max_attempts, run_at=run_at,
-            unique_key=unique_key, task_version=self.version))
+            task_version=self.version, **flow))
 
     def redacted(self, args: list[Any], kwargs: dict[str, Any]
                  ) -> tuple[list[Any], dict[str, Any]]:

@@ -47,6 +47,20 @@ class NewJob:
     unique_key: str | None = None
     task_version: str | None = None
     trace: dict[str, str] = field(default_factory=dict)
+    # While which states a unique key holds: "queued" (scheduled or queued), "active"
+    # (queued or running), or "window" (until ``unique_until``, even after it finished).
+    unique_mode: str = "active"
+    unique_until: float | None = None
+    # At most ``limit_n`` jobs with this key run at once, across all workers (a lock is 1).
+    limit_key: str | None = None
+    limit_n: int = 0
+    # A token bucket per key: ``rate_per_second`` refill, ``rate_burst`` capacity.
+    rate_key: str | None = None
+    rate_per_second: float = 0.0
+    rate_burst: float = 0.0
+
+
+UNIQUE_MODES = ("queued", "active", "window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +168,12 @@ class Broker(abc.ABC):
         """Lease up to ``limit`` ready jobs, due scheduled jobs included.
 
         Queues are taken in the order given (strict priority), and inside a queue by
-        priority (high first), then run_at, then id. Paused queues are skipped. Each job
-        comes back running, with ``attempts`` counted and a fresh ``lease_token``.
+        priority (high first), then run_at, then id. Paused queues and paused tasks are
+        skipped, and so are jobs held back by flow control: a ``limit_key`` already
+        running ``limit_n`` jobs, a ``rate_key`` whose bucket has no token. Held-back
+        jobs stay queued (no attempt spent) and do not block the jobs behind them. Each
+        job comes back running, with ``attempts`` counted and a fresh ``lease_token``;
+        leaving ``running`` (finish, release, recover) frees its ``limit_key`` slot.
         """
 
     @abc.abstractmethod
@@ -251,6 +269,22 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...
+
+    # -- flow control and scheduling ---------------------------------------------------
+    def set_task_paused(self, task: str, paused: bool) -> None:
+        """Hold (or release) every waiting job of one task type; held jobs do not fail."""
+        raise NotImplementedError(f"{type(self).__name__} cannot pause task types yet")
+
+    def paused_tasks(self) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} cannot pause task types yet")
+
+    def schedule_marks(self) -> dict[str, float]:
+        """The last fire time recorded for each cron schedule."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedule marks yet")
+
+    def mark_schedule(self, name: str, fire_at: float) -> None:
+        """Record that schedule ``name`` fired for ``fire_at`` (never moves backwards)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedule marks yet")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

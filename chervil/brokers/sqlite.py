@@ -51,8 +51,58 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         dead_reason=row[10], created_at=row[11], run_at=row[12], started_at=row[13],
         finished_at=row[14], worker=row[15], lease_until=row[16], lease_token=row[17],
         unique_key=row[18], task_version=row[19], result=row[20],
-        trace=json.loads(row[21]) if row[21] else {},
+        trace=json.loads(row[21]) if row[21] else {}, limit_key=row[22], rate_key=row[23],
     )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (trigger bodies stay whole)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") for ln in buf.strip().splitlines()):
+        out.append(buf.strip())
+    return out
+
+
+def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
+    """Pick up to ``want`` ready ids of ``queue`` that flow control lets run now.
+
+    Candidates come from SQL already past saturated keys and empty buckets; here the
+    batch itself is kept within each key's free slots and tokens, and the tokens taken
+    are written back.
+    """
+    ids: list[str] = []
+    free: dict[str, int] = {}
+    buckets: dict[str, list[float]] = {}  # key -> [tokens, rate, burst]
+    rows = conn.execute(Q["reserve_candidates"], (queue, now, want * 4 + 16)).fetchall()
+    for job_id, limit_key, limit_n, rate_key, rate, burst in rows:
+        if limit_key is not None:
+            if limit_key not in free:
+                slot = conn.execute(Q["slots"], (limit_key,)).fetchone()
+                free[limit_key] = limit_n - (slot[0] if slot else 0)
+            if free[limit_key] <= 0:
+                continue
+        if rate_key is not None:
+            if rate_key not in buckets:
+                b = conn.execute(Q["bucket"], (rate_key,)).fetchone()
+                tokens = burst if b is None else min(burst, b[0] + (now - b[1]) * rate)
+                buckets[rate_key] = [tokens, rate, burst]
+            if buckets[rate_key][0] < 1:
+                continue
+            buckets[rate_key][0] -= 1
+        if limit_key is not None:
+            free[limit_key] -= 1
+        ids.append(job_id)
+        if len(ids) >= want:
+            break
+    for key, (tokens, rate, burst) in buckets.items():
+        conn.execute(Q["save_bucket"], (key, tokens, now, rate, burst))
+    return ids
 
 
 class SQLiteBroker(Broker):
@@ -98,9 +148,8 @@ class SQLiteBroker(Broker):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 for number, script in migrations("sqlite"):
                     if number > version:
-                        for statement in script.split(";\n"):
-                            if statement.strip():
-                                conn.execute(statement)
+                        for statement in _statements(script):
+                            conn.execute(statement)
                         conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -169,19 +218,25 @@ class SQLiteBroker(Broker):
         def tx(conn: sqlite3.Connection) -> list[Enqueued]:
             out = []
             for j in jobs:
+                if j.unique_key is not None:
+                    holder = conn.execute(Q["unique_holder"], (j.unique_key, now)).fetchone()
+                    if holder is not None:
+                        out.append(Enqueued(holder[0], duplicate=True))
+                        continue
                 run_at = now if j.run_at is None else j.run_at
                 status = JobStatus.SCHEDULED if run_at > now else JobStatus.QUEUED
                 cur = conn.execute(Q["insert_job"], (
                     j.id, j.task, j.queue, j.priority, j.payload, status.value, j.max_attempts,
                     now, run_at, j.unique_key, j.task_version,
-                    json.dumps(j.trace) if j.trace else None))
-                if cur.rowcount == 1:
-                    out.append(Enqueued(j.id))
+                    json.dumps(j.trace) if j.trace else None, j.limit_key, j.limit_n,
+                    j.rate_key, j.rate_per_second, j.rate_burst))
+                if cur.rowcount == 0:  # this id exists: enqueue is idempotent by id
+                    out.append(Enqueued(j.id, duplicate=True))
                     continue
-                existing = None
                 if j.unique_key is not None:
-                    existing = conn.execute(Q["find_unique"], (j.unique_key,)).fetchone()
-                out.append(Enqueued(existing[0] if existing else j.id, duplicate=True))
+                    conn.execute(Q["take_unique"], (j.unique_key, j.id, j.unique_mode,
+                                                    j.unique_until))
+                out.append(Enqueued(j.id))
             return out
         if connection is not None:
             if not isinstance(connection, sqlite3.Connection):
@@ -237,8 +292,15 @@ class SQLiteBroker(Broker):
         for queue in queues:
             if queue in paused:
                 continue
-            rows = conn.execute(Q["reserve"], (token, now + lease_seconds, now, worker,
-                                               queue, limit - len(jobs))).fetchall()
+            want = limit - len(jobs)
+            if conn.execute(Q["flow_control_active"], (queue,)).fetchone()[0]:
+                ids = _admit(conn, queue, want, now)
+                sql = Q["reserve_ids"].replace("(?)", f"({','.join('?' * len(ids))})")
+                rows = conn.execute(sql, (token, now + lease_seconds, now, worker, *ids)
+                                    ).fetchall() if ids else []
+            else:
+                rows = conn.execute(Q["reserve"], (token, now + lease_seconds, now, worker,
+                                                   queue, want)).fetchall()
             jobs.extend(_row_to_job(r) for r in rows)
             if len(jobs) >= limit:
                 break
@@ -394,6 +456,21 @@ class SQLiteBroker(Broker):
         return [QueueStats(q, counts.get(q, {}),
                            max(0.0, now - oldest[q]) if q in oldest else None,
                            paused.get(q, False)) for q in names]
+
+    # -- flow control and scheduling ------------------------------------------------------
+    def set_task_paused(self, task: str, paused: bool) -> None:
+        self._write(lambda c: c.execute(Q["pause_task" if paused else "resume_task"], (task,)))
+        if not paused:
+            self._waker.notify()
+
+    def paused_tasks(self) -> list[str]:
+        return [r[0] for r in self._read(Q["paused_tasks"])]
+
+    def schedule_marks(self) -> dict[str, float]:
+        return dict(self._read(Q["schedule_marks"]))
+
+    def mark_schedule(self, name: str, fire_at: float) -> None:
+        self._write(lambda c: c.execute(Q["mark_schedule"], (name, fire_at)))
 
     # -- workers and coordination --------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:

@@ -1,16 +1,27 @@
 -- Statements of the SQLite broker (chervil/brokers/sqlite.py). Every write runs inside
 -- BEGIN IMMEDIATE ... COMMIT, so each verb is one atomic transaction.
--- Tables: chervil_jobs, chervil_queues, chervil_workers, chervil_leases.
+-- Tables: chervil_jobs, chervil_queues, chervil_workers, chervil_leases, chervil_unique,
+-- chervil_slots, chervil_buckets, chervil_paused_tasks, chervil_schedule_marks.
 
 -- name: insert_job
 INSERT OR IGNORE INTO chervil_jobs
     (id, task, queue, priority, payload, status, max_attempts, created_at, run_at,
-     unique_key, task_version, trace)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+     unique_key, task_version, trace, limit_key, limit_n, rate_key, rate_per_second,
+     rate_burst)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: find_unique
-SELECT id FROM chervil_jobs
-WHERE unique_key = ? AND status IN ('scheduled', 'queued', 'running');
+-- name: unique_holder
+-- The job holding a unique key, if it still holds it at ?2 (now).
+SELECT u.job_id FROM chervil_unique u LEFT JOIN chervil_jobs j ON j.id = u.job_id
+WHERE u.key = ?1 AND (
+    (u.mode = 'window' AND u.until > ?2)
+ OR (u.mode = 'queued' AND j.status IN ('scheduled', 'queued'))
+ OR (u.mode = 'active' AND j.status IN ('scheduled', 'queued', 'running')));
+
+-- name: take_unique
+INSERT INTO chervil_unique (key, job_id, mode, until) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, mode = excluded.mode,
+    until = excluded.until;
 
 -- name: promote_due
 UPDATE chervil_jobs SET status = 'queued'
@@ -18,6 +29,13 @@ WHERE status = 'scheduled' AND run_at <= ?;
 
 -- name: paused_queues
 SELECT name FROM chervil_queues WHERE paused = 1;
+
+-- name: flow_control_active
+-- Whether any flow control is in force (if not, reserve takes its one-statement path).
+SELECT EXISTS (SELECT 1 FROM chervil_paused_tasks)
+    OR EXISTS (SELECT 1 FROM chervil_jobs INDEXED BY chervil_jobs_flow
+               WHERE status = 'queued' AND queue = ?
+               AND (limit_key IS NOT NULL OR rate_key IS NOT NULL));
 
 -- name: reserve
 UPDATE chervil_jobs
@@ -27,7 +45,57 @@ WHERE id IN (SELECT id FROM chervil_jobs WHERE status = 'queued' AND queue = ?
              ORDER BY priority DESC, run_at, id LIMIT ?)
 RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
-    lease_until, lease_token, unique_key, task_version, result, trace;
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
+
+-- name: reserve_candidates
+-- Ready jobs of one queue that flow control lets through, as far as SQL can tell: not of
+-- a paused task, not behind a saturated limit key or an empty bucket. The broker then
+-- checks limits and tokens inside the batch itself.
+SELECT id, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
+WHERE status = 'queued' AND queue = ?1
+  AND task NOT IN (SELECT task FROM chervil_paused_tasks)
+  AND (limit_key IS NULL
+       OR limit_key NOT IN (SELECT key FROM chervil_slots WHERE running >= max))
+  AND (rate_key IS NULL OR rate_key NOT IN (
+       SELECT key FROM chervil_buckets WHERE tokens + (?2 - updated_at) * rate < 1))
+ORDER BY priority DESC, run_at, id LIMIT ?3;
+
+-- name: reserve_ids
+-- "(?)" is widened to one placeholder per id by the broker.
+UPDATE chervil_jobs
+SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_until = ?,
+    started_at = ?, worker = ?
+WHERE status = 'queued' AND id IN (?)
+RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
+    last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
+
+-- name: slots
+SELECT running, max FROM chervil_slots WHERE key = ?;
+
+-- name: bucket
+SELECT tokens, updated_at FROM chervil_buckets WHERE key = ?;
+
+-- name: save_bucket
+INSERT INTO chervil_buckets (key, tokens, updated_at, rate, burst) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at,
+    rate = excluded.rate, burst = excluded.burst;
+
+-- name: pause_task
+INSERT OR IGNORE INTO chervil_paused_tasks (task) VALUES (?);
+
+-- name: resume_task
+DELETE FROM chervil_paused_tasks WHERE task = ?;
+
+-- name: paused_tasks
+SELECT task FROM chervil_paused_tasks ORDER BY task;
+
+-- name: schedule_marks
+SELECT name, fire_at FROM chervil_schedule_marks;
+
+-- name: mark_schedule
+INSERT INTO chervil_schedule_marks (name, fire_at) VALUES (?1, ?2)
+ON CONFLICT (name) DO UPDATE SET fire_at = MAX(fire_at, excluded.fire_at);
 
 -- name: extend
 UPDATE chervil_jobs SET lease_until = ?
@@ -108,13 +176,13 @@ DELETE FROM chervil_jobs WHERE id IN (
 -- name: get
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
-    lease_until, lease_token, unique_key, task_version, result, trace
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key
 FROM chervil_jobs WHERE id = ?;
 
 -- name: list_jobs
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
-    lease_until, lease_token, unique_key, task_version, result, trace
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key
 FROM chervil_jobs
 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR task = ?3)
   AND (?4 IS NULL OR id < ?4)

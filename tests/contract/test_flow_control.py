@@ -1,0 +1,160 @@
+"""Flow control in the broker (issue: unique jobs, locks, limits, pauses, schedule marks).
+
+Every clause runs against every backend through the same ``broker`` fixture.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from chervil.brokers.base import Broker, Lease, NewJob, Outcome
+from chervil.clock import FakeClock
+from chervil.job import JobStatus, new_job_id
+
+LEASE = 30.0
+
+
+def job(**kw: object) -> NewJob:
+    fields: dict[str, object] = {"id": new_job_id(), "task": "app.t", "queue": "default",
+                                 "payload": b'{"a":[],"k":{}}', "max_attempts": 3}
+    fields.update(kw)
+    return NewJob(**fields)  # type: ignore[arg-type]
+
+
+def done(broker: Broker, j: object) -> None:
+    assert broker.finish([Outcome(j.id, j.lease_token, JobStatus.SUCCEEDED)]) == [True]  # type: ignore[attr-defined]
+
+
+def test_unique_while_queued_lets_a_running_job_be_followed(broker: Broker) -> None:
+    [a] = broker.enqueue([job(unique_key="sync:1", unique_mode="queued")])
+    assert broker.enqueue([job(unique_key="sync:1", unique_mode="queued")])[0].duplicate
+    broker.reserve(["default"], 1, "w", LEASE)
+    b = broker.enqueue([job(unique_key="sync:1", unique_mode="queued")])[0]
+    assert not b.duplicate and b.id != a.id
+
+
+def test_unique_window_outlives_the_job(broker: Broker, clock: FakeClock) -> None:
+    until = clock.now() + 3600
+    [a] = broker.enqueue([job(unique_key="mail:1", unique_mode="window", unique_until=until)])
+    [r] = broker.reserve(["default"], 1, "w", LEASE)
+    done(broker, r)
+    again = broker.enqueue([job(unique_key="mail:1", unique_mode="window",
+                                unique_until=until)])[0]
+    assert again.duplicate and again.id == a.id
+    clock.advance(3601)
+    later = broker.enqueue([job(unique_key="mail:1", unique_mode="window",
+                                unique_until=clock.now() + 3600)])[0]
+    assert not later.duplicate
+
+
+def test_sixteen_producers_racing_on_a_thousand_keys(broker: Broker) -> None:
+    keys = [f"welcome:{i}" for i in range(1000)]
+    winners: dict[str, set[str]] = {k: set() for k in keys}
+    lock = threading.Lock()
+
+    def produce(seed: int) -> None:
+        order = keys[:]
+        random.Random(seed).shuffle(order)
+        for start in range(0, 1000, 100):
+            batch = [job(unique_key=k) for k in order[start:start + 100]]
+            for nj, res in zip(batch, broker.enqueue(batch), strict=True):
+                with lock:
+                    winners[nj.unique_key or ""].add(res.id)
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(ids) == 1 for ids in winners.values())
+    stats = {s.queue: s for s in broker.queue_stats()}
+    assert stats["default"].ready == 1000
+
+
+def test_lock_runs_one_job_per_key(broker: Broker) -> None:
+    broker.enqueue([job(limit_key="lock:acct:1", limit_n=1) for _ in range(3)]
+                   + [job(limit_key="lock:acct:2", limit_n=1)])
+    first = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.limit_key or "" for j in first) == ["lock:acct:1", "lock:acct:2"]
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    held = next(j for j in first if j.limit_key == "lock:acct:1")
+    done(broker, held)
+    [nxt] = broker.reserve(["default"], 10, "w", LEASE)
+    assert nxt.limit_key == "lock:acct:1" and nxt.attempts == 1
+
+
+def test_waiting_for_a_lock_spends_no_attempt(broker: Broker) -> None:
+    broker.enqueue([job(limit_key="lock:k", limit_n=1) for _ in range(2)])
+    [a] = broker.reserve(["default"], 5, "w", LEASE)
+    for _ in range(3):
+        assert broker.reserve(["default"], 5, "w", LEASE) == []
+    done(broker, a)
+    [b] = broker.reserve(["default"], 5, "w", LEASE)
+    assert b.attempts == 1
+
+
+def test_lock_of_a_dead_worker_frees_on_recovery(broker: Broker, clock: FakeClock) -> None:
+    broker.enqueue([job(limit_key="lock:k", limit_n=1) for _ in range(2)])
+    assert len(broker.reserve(["default"], 5, "w1", LEASE)) == 1
+    clock.advance(LEASE + 1)
+    assert broker.recover() == 1
+    got = broker.reserve(["default"], 5, "w2", LEASE)
+    assert len(got) == 1  # one of the two, the lock is free again and held once
+    assert broker.reserve(["default"], 5, "w2", LEASE) == []
+    broker.release([Lease(got[0].id, got[0].lease_token or "")])
+    assert len(broker.reserve(["default"], 5, "w2", LEASE)) == 1
+
+
+def test_concurrency_limit(broker: Broker) -> None:
+    broker.enqueue([job(limit_key="concurrency:t:", limit_n=2) for _ in range(5)])
+    running = broker.reserve(["default"], 10, "w", LEASE)
+    assert len(running) == 2
+    broker.finish([Outcome(running[0].id, running[0].lease_token or "", JobStatus.DEAD,
+                           dead_reason="not_retryable")])
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 1
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+
+
+def test_held_back_jobs_do_not_block_the_queue(broker: Broker) -> None:
+    broker.enqueue([job(limit_key="lock:busy", limit_n=1, priority=5) for _ in range(50)])
+    [free] = broker.enqueue([job()])
+    first = broker.reserve(["default"], 10, "w", LEASE)
+    assert free.id in {j.id for j in first} and len(first) == 2
+    broker.enqueue([job()])
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 1
+
+
+def test_rate_limit_token_bucket(broker: Broker, clock: FakeClock) -> None:
+    broker.enqueue([job(rate_key="rate:t:cust1", rate_per_second=0.5, rate_burst=2)
+                    for _ in range(6)] + [job(rate_key="rate:t:cust2", rate_per_second=0.5,
+                                              rate_burst=2)])
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3  # 2 + 1 of cust2
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    clock.advance(1)
+    assert broker.reserve(["default"], 10, "w", LEASE) == []  # half a token
+    clock.advance(1)
+    got = broker.reserve(["default"], 10, "w", LEASE)
+    assert len(got) == 1 and got[0].rate_key == "rate:t:cust1" and got[0].attempts == 1
+    clock.advance(100)
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 2  # capped at the burst
+
+
+def test_paused_task_is_held_not_failed(broker: Broker) -> None:
+    broker.enqueue([job(task="app.report"), job(task="app.mail")])
+    broker.set_task_paused("app.report", True)
+    assert broker.paused_tasks() == ["app.report"]
+    assert [j.task for j in broker.reserve(["default"], 10, "w", LEASE)] == ["app.mail"]
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    broker.set_task_paused("app.report", False)
+    assert broker.paused_tasks() == []
+    [r] = broker.reserve(["default"], 10, "w", LEASE)
+    assert r.task == "app.report" and r.attempts == 1
+
+
+def test_schedule_marks_never_move_back(broker: Broker) -> None:
+    assert broker.schedule_marks() == {}
+    broker.mark_schedule("nightly", 100.0)
+    broker.mark_schedule("nightly", 50.0)
+    broker.mark_schedule("hourly", 7.0)
+    assert broker.schedule_marks() == {"nightly": 100.0, "hourly": 7.0}

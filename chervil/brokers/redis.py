@@ -40,150 +40,24 @@ Durability is Redis's: use ``appendonly yes`` (``appendfsync always`` for no los
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import redis
-from redis.exceptions import ClusterDownError, ReadOnlyError, RedisClusterException, TryAgainError
-
-from ..clock import Clock, SystemClock
-from ..errors import BrokerUnavailable, ConfigurationError
+from ..clock import Clock
+from ..errors import ConfigurationError
 from ..job import ErrorInfo, Job, JobStatus
-from .base import Broker, Enqueued, JobFilter, Lease, NewJob, Outcome, QueueStats, WorkerInfo
-from .redis_conn import MAX_BLOCK, RedisOptions, check_server, make_client, parse_url
-from .redis_scripts import STATUSES, Scripts, decode_job
+from .base import Broker, Enqueued, Lease, NewJob, Outcome, WorkerInfo
+from .redis_admin import AdminVerbs
+from .redis_conn import MAX_BLOCK, parse_url
+from .redis_core import BATCH, CHUNK, WAKE_CAP, Call, group_by_queue
+from .redis_scripts import decode_job
 
-log = logging.getLogger("chervil.brokers.redis")
-T = TypeVar("T")
-WAKE_CAP = 16  # tokens a wake list holds at most
-CHUNK = 2000  # jobs per enqueue script; ids per requeue/cancel script
-BATCH = 1000  # records per recover / purge / prune script call
-_RETRY = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
-          ReadOnlyError, RedisClusterException)
 _KIND = {JobStatus.SUCCEEDED: "s", JobStatus.SCHEDULED: "r", JobStatus.DEAD: "d"}
-Call = tuple[str, list[str], list[Any]]
 
 
-def _queue_of(token: str) -> str | None:
-    """The queue a lease token was issued for (tokens are ``<32 hex>:<queue>``)."""
-    return token[33:] if len(token) > 33 and token[32] == ":" else None
-
-
-def _group(items: Iterable[T], token: Callable[[T], str]) -> dict[str, list[T]]:
-    groups: dict[str, list[T]] = {}
-    for item in items:
-        queue = _queue_of(token(item))
-        if queue is not None:
-            groups.setdefault(queue, []).append(item)
-    return groups
-
-
-class RedisBroker(Broker):
-    def __init__(self, options: RedisOptions, clock: Clock | None = None) -> None:
-        self.options = options
-        self.clock = clock or SystemClock()
-        self._server_time = isinstance(self.clock, SystemClock)
-        self._cluster = options.cluster
-        self._r = make_client(options)
-        self._blocking = make_client(options, socket_timeout=MAX_BLOCK + 10)
-        self._scripts = Scripts()
-        self._lock = threading.Lock()
-        self._ready = False
-        self._registered: set[str] = set()  # queues this process added to the queue set
-        self._queues: list[str] = []  # last known queue names
-        p = options.prefix
-        self._g = f"{p}:{{_}}"
-
-    # -- keys, time, retries ----------------------------------------------------------
-    def _base(self, queue: str) -> str:
-        return f"{self.options.prefix}:{{{queue}}}"
-
-    def _wake_key(self, queue: str) -> str:
-        return f"{self._g}:wake:{queue}"
-
-    def _now(self) -> str:
-        """The time argument of a script: empty means "read Redis TIME"."""
-        return "" if self._server_time else repr(self.clock.now())
-
-    def _run(self, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """Run ``fn``, reconnecting with backoff until ``timeout``; map driver errors."""
-        limit = self.options.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        delay = 0.02
-        while True:
-            try:
-                if not self._ready:
-                    self._connect()
-                return fn()
-            except _RETRY as exc:
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(
-                        f"Redis at {self.options.where} did not answer within {limit:g} s "
-                        f"({type(exc).__name__}: {exc})") from exc
-                log.debug("Redis unavailable (%s); retrying in %.2f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-            except redis.RedisError as exc:
-                raise BrokerUnavailable(f"Redis at {self.options.where} refused a command "
-                                        f"({type(exc).__name__}: {exc})") from exc
-
-    def _connect(self) -> None:
-        with self._lock:
-            if not self._ready:
-                check_server(self._r, self.options)
-                self._scripts.load(self._r)
-                self._ready = True
-
-    def _calls(self, name: str, queues: Sequence[str], head: Sequence[Any],
-               per_queue: dict[str, list[Any]] | None = None, tail: Sequence[Any] = (),
-               now: str | None = None) -> tuple[list[list[str]], list[Call]]:
-        """One call with every queue (standalone), or one per queue (cluster: one slot)."""
-        now = self._now() if now is None else now
-        groups = [[q] for q in queues] if self._cluster else [list(queues)]
-        calls: list[Call] = []
-        for g in groups:
-            keys = [self._base(q) for q in g]
-            if not self._cluster:
-                keys += [self._wake_key(q) for q in g]
-            args: list[Any] = [now, len(g), *head]
-            for q in g:
-                args += per_queue[q] if per_queue else []
-            calls.append((name, keys, [*args, *tail]))
-        return groups, calls
-
-    def _script(self, name: str, queues: Sequence[str], head: Sequence[Any],
-                per_queue: dict[str, list[Any]] | None = None,
-                tail: Sequence[Any] = ()) -> list[tuple[list[str], Any]]:
-        groups, calls = self._calls(name, queues, head, per_queue, tail)
-        return list(zip(groups, self._scripts.run(self._r, calls), strict=True))
-
-    def _wake(self, queues: Sequence[str], counts: Sequence[Any]) -> None:
-        """Cluster mode: push the wake tokens a script could not (another slot)."""
-        todo = [(q, int(n)) for q, n in zip(queues, counts, strict=True) if int(n) > 0]
-        if not self._cluster or not todo:
-            return
-        try:
-            pipe = self._r.pipeline(transaction=False)
-            for q, n in todo:
-                pipe.lpush(self._wake_key(q), *["1"] * min(n, WAKE_CAP))
-                pipe.ltrim(self._wake_key(q), 0, WAKE_CAP - 1)
-            pipe.execute()
-        except redis.RedisError as exc:  # a lost wake-up only delays a job
-            log.debug("wake-up push failed: %s", exc)
-
-    def _register(self, queues: Iterable[str]) -> None:
-        new = [q for q in queues if q not in self._registered]
-        if new:
-            self._r.sadd(f"{self._g}:queues", *new)
-            self._registered.update(new)
-
-    def _all_queues(self) -> list[str]:
-        self._queues = sorted(q.decode() for q in self._r.smembers(f"{self._g}:queues"))
-        return self._queues
+class RedisBroker(AdminVerbs, Broker):
+    """See the module docstring. ``max_lost_leases`` may be set after construction."""
 
     # -- producing --------------------------------------------------------------------
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Enqueued]:
@@ -250,7 +124,7 @@ class RedisBroker(Broker):
     def _finish_reserve(self, outcomes: Sequence[Outcome], queues: list[str], limit: int,
                         worker: str, lease_seconds: float) -> tuple[list[bool], list[Job]]:
         now = self._now()
-        by_queue = _group(range(len(outcomes)), lambda i: outcomes[i].lease_token)
+        by_queue = group_by_queue(range(len(outcomes)), lambda i: outcomes[i].lease_token)
         args = {q: [len(ix), *[a for i in ix for a in _outcome_args(outcomes[i])]]
                 for q, ix in by_queue.items()}
         head = [WAKE_CAP, self.options.succeeded_ttl, self.options.dead_ttl]
@@ -299,7 +173,7 @@ class RedisBroker(Broker):
     def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         if not leases:
             return []
-        by_queue = _group(leases, lambda lease: lease.token)
+        by_queue = group_by_queue(leases, lambda lease: lease.token)
         args = {q: [len(ls), *[a for lease in ls for a in (lease.job_id, lease.token)]]
                 for q, ls in by_queue.items()}
 
@@ -314,7 +188,7 @@ class RedisBroker(Broker):
         return self._run(go)
 
     def release(self, leases: Sequence[Lease], delay: float = 0.0) -> int:
-        by_queue = _group(leases, lambda lease: lease.token)
+        by_queue = group_by_queue(leases, lambda lease: lease.token)
         if not by_queue:
             return 0
         args = {q: [len(ls), *[a for lease in ls for a in (lease.job_id, lease.token)]]
@@ -336,7 +210,7 @@ class RedisBroker(Broker):
 
         def go() -> int:
             if leases is not None:
-                by_queue = _group(leases, lambda lease: lease.token)
+                by_queue = group_by_queue(leases, lambda lease: lease.token)
                 args = {q: [len(ls), *[a for lease in ls for a in (lease.job_id, lease.token)]]
                         for q, ls in by_queue.items()}
                 queues = list(by_queue)
@@ -379,132 +253,6 @@ class RedisBroker(Broker):
                                      timeout=round(block + 0.0005, 3))
         self._run(go, max(min(timeout, self.options.timeout), 1.0))
 
-    # -- operating --------------------------------------------------------------------
-    def _requeue(self, queues: Sequence[str], ids: Sequence[str], dead_only: bool,
-                 task: str | None) -> int:
-        total = 0
-        for i in range(0, len(ids), CHUNK):
-            chunk = list(ids[i:i + CHUNK])
-            for g, (n, wakes) in self._script(
-                    "requeue", queues, [WAKE_CAP, "1" if dead_only else "0", task or ""],
-                    tail=[len(chunk), *chunk]):
-                total += int(n)
-                self._wake(g, wakes)
-        return total
-
-    def requeue(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        return self._run(lambda: self._requeue(self._all_queues(), ids, False, None))
-
-    def requeue_dead(self, queue: str | None = None, task: str | None = None) -> int:
-        def go() -> int:
-            total = 0
-            for q in [queue] if queue else self._all_queues():
-                cursor = b"-"
-                while True:
-                    ids = self._r.zrangebylex(f"{self._base(q)}:ids:dead", cursor, b"+",
-                                              start=0, num=BATCH)
-                    if not ids:
-                        break
-                    total += self._requeue([q], [i.decode() for i in ids], True, task)
-                    cursor = b"(" + ids[-1]
-            return total
-        return self._run(go)
-
-    def cancel(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-
-        def go() -> int:
-            total, queues = 0, self._all_queues()
-            for i in range(0, len(ids), CHUNK):
-                chunk = list(ids[i:i + CHUNK])
-                for _, (n, _more) in self._script("cancel", queues, [self.options.dead_ttl],
-                                                  tail=[len(chunk), *chunk]):
-                    total += int(n)
-            return total
-        return self._run(go)
-
-    def purge(self, queue: str) -> int:
-        def go() -> int:
-            total, more = 0, True
-            while more:
-                [(_, (n, again))] = self._script("cancel", [queue], [self.options.dead_ttl],
-                                                 tail=[-1, BATCH])
-                total, more = total + int(n), bool(again)
-            return total
-        return self._run(go)
-
-    def set_paused(self, queue: str, paused: bool) -> None:
-        def go() -> None:
-            self._register([queue])
-            key = f"{self._base(queue)}:paused"
-            if paused:
-                self._r.set(key, "1")
-                return
-            self._r.delete(key)
-            self._r.lpush(self._wake_key(queue), "1")
-            self._r.ltrim(self._wake_key(queue), 0, WAKE_CAP - 1)
-        self._run(go)
-
-    def prune(self, succeeded_before: float, dead_before: float, batch: int = 1000) -> int:
-        def go() -> int:
-            total = 0
-            for q in self._all_queues():
-                while True:
-                    [n] = self._scripts.run(self._r, [(
-                        "prune", [self._base(q)],
-                        [repr(float(succeeded_before)), repr(float(dead_before)), batch])])
-                    total += int(n)
-                    if int(n) < batch:
-                        break
-            return total
-        return self._run(go)
-
-    # -- inspecting -------------------------------------------------------------------
-    def _probe(self, job_id: str, queues: Sequence[str]) -> Job | None:
-        if not queues:
-            return None
-        pipe = self._r.pipeline(transaction=False)
-        for q in queues:
-            pipe.hgetall(f"{self._base(q)}:j:{job_id}")
-        for raw in pipe.execute():
-            if raw:
-                return decode_job(job_id, raw)
-        return None
-
-    def get(self, job_id: str) -> Job | None:
-        def go() -> Job | None:
-            known = list(self._queues)
-            job = self._probe(job_id, known)
-            if job is None:
-                job = self._probe(job_id, [q for q in self._all_queues() if q not in known])
-            return job
-        return self._run(go)
-
-    def list_jobs(self, filter: JobFilter, limit: int = 100,
-                  before_id: str | None = None) -> list[Job]:
-        from .redis_inspect import list_jobs
-
-        return self._run(lambda: list_jobs(self, filter, limit, before_id))
-
-    def queue_stats(self) -> list[QueueStats]:
-        def go() -> list[QueueStats]:
-            out = []
-            for g, res in self._script("stats", self._all_queues(), []):
-                for q, row in zip(g, res, strict=True):
-                    counts = {s: int(n) for s, n in zip(STATUSES, row[1:7], strict=True)
-                              if int(n)}
-                    out.append(QueueStats(q, counts, float(row[7]) if row[7] else None,
-                                          bool(row[0])))
-            return sorted(out, key=lambda s: s.queue)
-        return self._run(go)
-
-    # -- workers and coordination -----------------------------------------------------
-    def _global(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts.run(self._r, [(name, keys, args)])[0]
-
     def register_worker(self, info: WorkerInfo) -> None:
         keys = [f"{self._g}:workers", f"{self._g}:seen"]
         data = json.dumps(info.to_dict())
@@ -528,11 +276,6 @@ class RedisBroker(Broker):
     def release_lease(self, name: str, owner: str) -> None:
         args = ["release", self._now(), owner, "0", "0"]
         self._run(lambda: self._global("lease", [f"{self._g}:lease:{name}"], args))
-
-    def close(self) -> None:
-        self._r.close()
-        self._blocking.close()
-
 
 def _job_args(j: NewJob) -> list[Any]:
     return [j.id, j.task, j.payload, str(j.priority), str(j.max_attempts),

@@ -87,6 +87,10 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["bulk / best peer bulk"] = ratio("bulk", peers)
     out["bulk / rq enqueue_many"] = ratio("bulk", peers, only="rq")
     out["bulk / raw floor"] = ratio("bulk", raw)
+    # SqliteHuey defaults to synchronous=OFF; fsync=True is chervil's durability (FULL)
+    same = [r for r in peers if r["lib"].endswith("-fsync")]
+    out["drain / same-durability peer"] = ratio("rate", same)
+    out["single enqueue / same-durability peer"] = ratio("enqueue", same)
     out["latency p50 / best peer (lower is better)"] = ratio("p50_ms", peers, low=True)
     out["latency p99 / best peer (lower is better)"] = ratio("p99_ms", peers, low=True)
     out["idle CPU / best peer (lower is better)"] = ratio("idle_cpu_pct", peers, low=True)

@@ -1,6 +1,7 @@
 """pgqueuer: asyncpg driver; its tables in PostgreSQL schema BENCH_SCHEMA.
 
-Worker: ``pgq run pgqueuer_peer:main --log-level WARNING``. Payload: JSON bytes.
+Worker: ``pgq run pgqueuer_peer:main`` (its ``--log-level`` option crashes in 1.6.0).
+Payload: JSON bytes.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from typing import Any
 from ..clock import Clock
 from ..errors import ConfigurationError
 from ..job import ErrorInfo, Job, JobStatus
-from .base import Broker, Enqueued, Lease, NewJob, Outcome, WorkerInfo
+from .base import UNIQUE_MODES, Broker, Enqueued, Lease, NewJob, Outcome, WorkerInfo
 from .redis_admin import AdminVerbs
 from .redis_conn import MAX_BLOCK, parse_url
 from .redis_core import BATCH, CHUNK, WAKE_CAP, Call, group_by_queue
@@ -66,6 +66,7 @@ class RedisBroker(AdminVerbs, Broker):
                                      "without connection= (or use the PostgreSQL broker)")
         if not jobs:
             return []
+        _refuse_limits(jobs)
         spans = [list(range(i, min(i + CHUNK, len(jobs)))) for i in range(0, len(jobs), CHUNK)]
         attempts = [0]
 
@@ -277,10 +278,32 @@ class RedisBroker(AdminVerbs, Broker):
         args = ["release", self._now(), owner, "0", "0"]
         self._run(lambda: self._global("lease", [f"{self._g}:lease:{name}"], args))
 
+    # -- scheduling -------------------------------------------------------------------
+    def schedule_marks(self) -> dict[str, float]:
+        raw = self._run(lambda: self._r.hgetall(f"{self._g}:marks"))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def mark_schedule(self, name: str, fire_at: float) -> None:
+        self._run(lambda: self._global("marks", [f"{self._g}:marks"],
+                                       [name, repr(float(fire_at))]))
+
 def _job_args(j: NewJob) -> list[Any]:
     return [j.id, j.task, j.payload, str(j.priority), str(j.max_attempts),
             "" if j.run_at is None else repr(float(j.run_at)), j.unique_key or "",
-            j.task_version or "", json.dumps(j.trace) if j.trace else ""]
+            j.task_version or "", json.dumps(j.trace) if j.trace else "", j.unique_mode,
+            "" if j.unique_until is None else repr(float(j.unique_until))]
+
+
+def _refuse_limits(jobs: Sequence[NewJob]) -> None:
+    """Limits this broker does not enforce yet fail loudly instead of being ignored."""
+    for j in jobs:
+        if j.limit_key is not None or j.rate_key is not None:
+            raise ConfigurationError(
+                f"job {j.id} ({j.task}) asks for a lock, concurrency limit or rate limit, "
+                "which the Redis broker does not enforce yet")
+        if j.unique_mode not in UNIQUE_MODES:
+            raise ConfigurationError(f"job {j.id} ({j.task}): unknown unique_mode "
+                                     f"{j.unique_mode!r}; use one of {UNIQUE_MODES}")
 
 
 def _outcome_args(o: Outcome) -> list[Any]:

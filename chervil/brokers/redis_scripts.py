@@ -18,7 +18,7 @@ from ..job import ErrorInfo, Job, JobStatus
 from .redis_conn import nodes
 
 NAMES = ("enqueue", "reserve", "finish", "extend", "release", "recover", "requeue",
-         "cancel", "prune", "stats", "worker", "lease")
+         "cancel", "prune", "stats", "worker", "lease", "marks")
 STATUSES = tuple(s.value for s in JobStatus)
 
 

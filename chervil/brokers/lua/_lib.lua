@@ -11,9 +11,10 @@
 --   <base>:fin:<status>  zset   succeeded / dead / cancelled jobs; score finished_at
 --   <base>:ids:<status>  zset   every job by status; score 0, member id (ZRANGEBYLEX paging)
 --   <base>:uniq          hash   unique_key -> id of the job holding it
+--   <base>:uniqw         hash   unique_key -> held until (unique_mode window)
 --   <base>:paused        string present while the queue is paused
 -- Global keys share the tag {_}: <prefix>:{_}:queues (set), <prefix>:{_}:wake:<queue>
--- (list of wake-up tokens), workers and named leases.
+-- (list of wake-up tokens), workers, named leases and schedule marks.
 --
 -- Numbers written back to Redis always go through fmt() (%.17g): Lua's own number to
 -- string conversion keeps only 14 digits and would round timestamps.
@@ -94,21 +95,41 @@ local function enter(base, id, st, h, score_s, ttl)
   index(base, id, st, h, score_s, ttl)
 end
 
--- A job leaving the live states gives its unique key back.
-local function free_unique(base, id, h)
-  local uk = redis.call('HGET', h, 'unique_key')
-  if uk and redis.call('HGET', base .. ':uniq', uk) == id then
-    redis.call('HDEL', base .. ':uniq', uk)
+-- Unique keys: <base>:uniq maps unique_key -> id of the job that took it; for
+-- unique_mode "window" <base>:uniqw maps unique_key -> the time it is held until. Other
+-- modes hold while the job is scheduled or queued ("queued"), or running too
+-- ("active", the default, not stored on the record).
+local function unique_holder(base, uk, now)
+  local holder = redis.call('HGET', base .. ':uniq', uk)
+  if not holder then return nil end
+  local until_s = redis.call('HGET', base .. ':uniqw', uk)
+  if until_s then
+    if tonumber(until_s) > now then return holder end
+    return nil
+  end
+  local h = base .. ':j:' .. holder
+  local st = redis.call('HGET', h, 'status') or ''
+  if st == 'scheduled' or st == 'queued' then return holder end
+  if st == 'running' and not redis.call('HGET', h, 'unique_mode') then return holder end
+  return nil
+end
+
+local function take_unique(base, uk, id, mode, until_s)
+  redis.call('HSET', base .. ':uniq', uk, id)
+  if mode == 'window' then
+    redis.call('HSET', base .. ':uniqw', uk, until_s ~= '' and until_s or '0')
+  else
+    redis.call('HDEL', base .. ':uniqw', uk)
   end
 end
 
--- The id of a live job holding unique key uk, or nil.
-local function unique_holder(base, uk)
-  local holder = redis.call('HGET', base .. ':uniq', uk)
-  if holder and LIVE[redis.call('HGET', base .. ':j:' .. holder, 'status') or ''] then
-    return holder
+-- A job leaving the live states gives its unique key back (a window key is kept).
+local function free_unique(base, id, h)
+  local uk = redis.call('HGET', h, 'unique_key')
+  if uk and redis.call('HGET', base .. ':uniq', uk) == id
+      and redis.call('HEXISTS', base .. ':uniqw', uk) == 0 then
+    redis.call('HDEL', base .. ':uniq', uk)
   end
-  return nil
 end
 
 -- Run_at of the first scheduled job, or nil.

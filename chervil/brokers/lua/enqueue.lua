@@ -4,9 +4,9 @@
 -- KEYS[nq+1..2nq]    standalone only: <prefix>:{_}:wake:<queue>, pushed here; in cluster
 --                    mode they are absent and the caller pushes the returned counts
 -- ARGV[1]  now ('' = Redis TIME)     ARGV[2] nq     ARGV[3] wake cap
--- then per queue: queue name, n, and n times 9 fields:
+-- then per queue: queue name, n, and n times 11 fields:
 --   id, task, payload, priority, max_attempts, run_at ('' = now), unique_key ('' none),
---   task_version ('' none), trace JSON ('' none)
+--   task_version ('' none), trace JSON ('' none), unique_mode, unique_until ('' none)
 -- Returns {{id, duplicate (0|1), ...per job}, {wake tokens per queue}}.
 -- A job whose id exists, or whose unique key a live job holds, is not added: the
 -- existing id comes back with duplicate = 1.
@@ -22,15 +22,15 @@ for g = 1, nq do
   local head = sched_head(base) or math.huge
   local ready, new_head = 0, false
   for _ = 1, n do
-    local id, task, payload, prio, max_attempts, run_at_s, uk, version, trace =
-      unpack(ARGV, i, i + 8)
-    i = i + 9
+    local id, task, payload, prio, max_attempts, run_at_s, uk, version, trace, mode,
+      until_s = unpack(ARGV, i, i + 10)
+    i = i + 11
     local h = base .. ':j:' .. id
     local dup = nil
     if redis.call('EXISTS', h) == 1 then
       dup = id
     elseif uk ~= '' then
-      dup = unique_holder(base, uk)
+      dup = unique_holder(base, uk, now)
     end
     if dup then
       out[#out + 1] = dup
@@ -50,7 +50,10 @@ for g = 1, nq do
       if trace ~= '' then fields[#fields + 1] = 'trace'; fields[#fields + 1] = trace end
       if uk ~= '' then
         fields[#fields + 1] = 'unique_key'; fields[#fields + 1] = uk
-        redis.call('HSET', base .. ':uniq', uk, id)
+        if mode ~= 'active' then
+          fields[#fields + 1] = 'unique_mode'; fields[#fields + 1] = mode
+        end
+        take_unique(base, uk, id, mode, until_s)
       end
       redis.call('HSET', h, unpack(fields))
       index(base, id, st, h, run_at_s, 0, tonumber(prio))

@@ -24,8 +24,8 @@ for g = 1, nq do
       leave(base, id, cur[1], h)
       redis.call('HSET', h, 'run_at', now_s, 'attempts', '0')
       redis.call('HDEL', h, 'lost_leases', 'dead_reason', 'finished_at', 'lease_token')
-      if cur[3] and not unique_holder(base, cur[3]) then
-        redis.call('HSET', base .. ':uniq', cur[3], id)
+      if cur[3] and not unique_holder(base, cur[3], now) then
+        take_unique(base, cur[3], id, 'active', '')
       end
       enter(base, id, 'queued', h, now_s)
       ready = ready + 1

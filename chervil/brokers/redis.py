@@ -23,7 +23,11 @@ finish, recover and stats cost O(log n) whatever the backlog; no KEYS or SCAN an
 All keys of a queue share the hash tag ``{queue}``, so on Redis Cluster every script
 touches one slot. Jobs are found by id through their lease token (``<hex>:<queue>``) on
 the hot path; ``get``, ``requeue`` and ``cancel`` by id look in each known queue, which
-costs O(number of queues). Unique keys are unique per queue.
+costs O(number of queues). Unique keys (modes queued, active, window) are unique per
+queue. A finished small job costs about 0.9 KB of Redis memory (record ~490 B, two
+index entries ~145 B each). Locks, concurrency and rate limits (``limit_key``,
+``rate_key``) and paused task types are not enforced yet: enqueueing such a job raises
+ConfigurationError rather than ignoring the limit.
 
 Time: with a FakeClock (tests) the scripts use it; with the system clock they read
 Redis's own TIME, so a host with a skewed clock can neither start jobs early nor steal

@@ -68,8 +68,9 @@ def test_costs_do_not_grow_with_the_backlog(private_redis: RedisServer) -> None:
 def test_memory_per_finished_small_job(private_redis: RedisServer) -> None:
     """A finished small job (record + its two index entries) stays under 1.2 KB.
 
-    Measured at ~880 bytes (20,000 jobs) to ~940 (5,000) on Redis 7.0 (hash ~490 B in a listpack, ~145 B in each of
-    <queue>:fin:succeeded and <queue>:ids:succeeded, the rest keyspace and expiry).
+    Measured at ~880 bytes (20,000 jobs) to ~940 (5,000) on Redis 7.0: hash ~490 B in
+    a listpack, ~145 B in each of <queue>:fin:succeeded and <queue>:ids:succeeded, the
+    rest keyspace and expiry.
     """
     broker = open_broker(private_redis.url)
     r = private_redis.client()

@@ -109,3 +109,31 @@ class Admin:
 
     def pause(self, queue: str, paused: bool = True) -> None:
         self.broker.set_paused(queue, paused)
+
+    def pause_task(self, task: str, paused: bool = True) -> None:
+        self.broker.set_task_paused(task, paused)
+
+    def paused_tasks(self) -> list[str]:
+        try:
+            return self.broker.paused_tasks()
+        except NotImplementedError:
+            return []
+
+    def schedules(self) -> list[dict[str, Any]]:
+        marks = self.broker.schedule_marks() if self.app.schedules else {}
+        now = self.app.clock.now()
+        return [{"name": s.name, "task": s.task.name, "cron": s.cron.expression,
+                 "tz": s.cron.tz, "misfire": s.misfire, "next": s.cron.next_after(now),
+                 "last": marks.get(s.name)} for s in self.app.schedules.values()]
+
+    def fire_schedule(self, name: str) -> str:
+        """Fire a schedule once, now (its own unique key: never mistaken for a tick)."""
+        from .errors import ChervilError
+        from .schedule import Scheduler
+
+        sched = self.app.schedules.get(name)
+        if sched is None:
+            raise ChervilError(f"no schedule named {name!r}; known: {sorted(self.app.schedules)}")
+        [handle] = self.app.enqueue_many([Scheduler.prepare(sched, self.app.clock.now(),
+                                                            manual=True)])
+        return handle.id

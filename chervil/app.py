@@ -14,6 +14,7 @@ from .clock import Clock, SystemClock
 from .errors import ConfigurationError, UnknownTask
 from .limits import FlowControl
 from .retry import Retry
+from .schedule import Cron, Schedule
 from .settings import Settings
 from .task import JobHandle, PreparedJob, Task, TaskOptions, check_sensitive, task_name
 
@@ -33,6 +34,7 @@ class Chervil:
         self.settings = settings or Settings.load(broker_url=url, **setting_overrides)
         self.clock: Clock = clock or SystemClock()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._broker: Broker | None = None
         self._lock = threading.Lock()
 
@@ -103,6 +105,31 @@ class Chervil:
             return t
 
         return register(fn) if fn is not None else register
+
+    def schedule(self, task: Task[Any, Any], cron: str, *, tz: str = "UTC",
+                 args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                 name: str | None = None, misfire: str | int = "once") -> Schedule:
+        """Fire ``task(*args, **kwargs)`` on a cron expression in time zone ``tz``.
+
+        ``misfire``: what to do with fires missed while no scheduler ran: "skip",
+        "once" (the latest of them) or N (catch up the last N).
+        """
+        sched = Schedule(name or task.name, task, Cron(cron, tz), tuple(args), kwargs or {},
+                         misfire)
+        if sched.name in self.schedules:
+            raise ConfigurationError(f"a schedule named {sched.name!r} exists; give name=...")
+        self.schedules[sched.name] = sched
+        return sched
+
+    def cron(self, expression: str, *, tz: str = "UTC", args: Sequence[Any] = (),
+             kwargs: dict[str, Any] | None = None, misfire: str | int = "once",
+             **task_options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """``@app.cron("*/5 * * * *", tz="Europe/Paris")``: a task and its schedule."""
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            task: Task[P, R] = self.task(**task_options)(fn)
+            self.schedule(task, expression, tz=tz, args=args, kwargs=kwargs, misfire=misfire)
+            return task
+        return register
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -78,8 +78,11 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
 @click.option("--grace", type=float, default=30.0, show_default=True,
               help="Seconds running jobs get to finish after SIGTERM.")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--scheduler/--no-scheduler", default=True, show_default=True,
+              help="Take part in running cron schedules (one worker is active at a time).")
 def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool,
-           max_jobs_per_child: int | None, grace: float, log_level: str) -> None:
+           max_jobs_per_child: int | None, grace: float, log_level: str,
+           scheduler: bool) -> None:
     """Run a worker: a supervisor and its child processes."""
     from .worker.queues import QueueSpec
     from .worker.supervisor import WorkerOptions, run_worker
@@ -87,7 +90,7 @@ def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool
     sys.path.insert(0, os.getcwd())
     app = load_app(app_path)
     options = WorkerOptions(QueueSpec.parse(queues), processes, threads, burst,
-                            max_jobs_per_child, grace, log_level)
+                            max_jobs_per_child, grace, log_level, scheduler)
     sys.exit(run_worker(app_path, app, options))
 
 
@@ -229,22 +232,34 @@ def purge(c: Context, queue: str, yes: bool) -> None:
         click.echo(f"cancelled {c.admin.purge(queue)} job(s)")
 
 
-@cli.command()
-@click.argument("queue")
-@pass_ctx
-def pause(c: Context, queue: str) -> None:
-    """Stop workers from taking jobs of QUEUE (jobs wait, none fail)."""
-    c.admin.pause(queue, True)
-    click.echo(f"queue {queue} paused")
+def _pause(c: Context, queue: str | None, task: str | None, paused: bool) -> None:
+    if (queue is None) == (task is None):
+        raise click.UsageError("give a QUEUE, or --task NAME")
+    word = "paused" if paused else "resumed"
+    if task is not None:
+        c.admin.pause_task(task, paused)
+        click.echo(f"task {task} {word}")
+    else:
+        c.admin.pause(queue or "", paused)
+        click.echo(f"queue {queue} {word}")
 
 
 @cli.command()
-@click.argument("queue")
+@click.argument("queue", required=False)
+@click.option("--task", help="Pause one task type instead of a queue.")
 @pass_ctx
-def resume(c: Context, queue: str) -> None:
-    """Let workers take jobs of QUEUE again."""
-    c.admin.pause(queue, False)
-    click.echo(f"queue {queue} resumed")
+def pause(c: Context, queue: str | None, task: str | None) -> None:
+    """Stop workers taking jobs of QUEUE (or of one --task); jobs wait, none fail."""
+    _pause(c, queue, task, True)
+
+
+@cli.command()
+@click.argument("queue", required=False)
+@click.option("--task", help="Resume one task type instead of a queue.")
+@pass_ctx
+def resume(c: Context, queue: str | None, task: str | None) -> None:
+    """Let workers take jobs of QUEUE (or of one --task) again."""
+    _pause(c, queue, task, False)
 
 
 @cli.command()
@@ -253,10 +268,11 @@ def resume(c: Context, queue: str) -> None:
 def queues(c: Context, as_json: bool) -> None:
     """Each queue: jobs by status, and the age of its oldest ready job."""
     stats = c.admin.queues()
+    paused_tasks = c.admin.paused_tasks()
     if as_json:
         _echo_json([{"queue": s.queue, "counts": s.counts, "ready": s.ready,
                      "oldest_ready_age_seconds": s.oldest_ready_age, "paused": s.paused}
-                    for s in stats])
+                    for s in stats] + [{"task": t, "paused": True} for t in paused_tasks])
         return
     click.echo(f"{'queue':<16}{'ready':>8}{'age':>10}{'scheduled':>11}{'running':>9}"
                f"{'dead':>7}{'succeeded':>11}  state")
@@ -268,6 +284,8 @@ def queues(c: Context, as_json: bool) -> None:
                    f"  {'paused' if s.paused else 'active'}")
     if not stats:
         click.echo("no queues yet")
+    for t in paused_tasks:
+        click.echo(f"task {t}: paused (its jobs wait)")
 
 
 @cli.command()
@@ -284,6 +302,71 @@ def workers(c: Context, as_json: bool) -> None:
                    f"jobs={len(w.jobs)}  {w.counters}")
     if not found:
         click.echo("no live workers")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def schedules(ctx: click.Context, as_json: bool) -> None:
+    """Cron schedules: next and last fire of each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Context = ctx.obj
+    rows = c.admin.schedules()
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<28} {r['cron']:<18} {r['tz']:<16} next {fmt_time(r['next'])}"
+                   f"  last {fmt_time(r['last'])}  misfire={r['misfire']}")
+    if not rows:
+        click.echo("no schedules in this app (give --app)")
+
+
+@schedules.command("run")
+@click.argument("name")
+@pass_ctx
+def schedules_run(c: Context, name: str) -> None:
+    """Fire schedule NAME once, now."""
+    click.echo(c.admin.fire_schedule(name))
+
+
+@cli.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--log-level", default="INFO", show_default=True)
+def scheduler(app_path: str, log_level: str) -> None:
+    """Run only the cron scheduler (one is active at a time, the others stand by)."""
+    import logging
+    import signal
+    import socket
+    import threading
+
+    from .schedule import Scheduler
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    sys.path.insert(0, os.getcwd())
+    app = load_app(app_path)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Scheduler(app, f"{socket.gethostname()}:{os.getpid()}").run(stop)
+    app.close()
+
+
+@cli.command()
+@pass_ctx
+def migrate(c: Context) -> None:
+    """Create or upgrade the broker's schema (safe to run from several processes)."""
+    url = c.app.settings.broker_url
+    if url.split("://", 1)[0] in ("postgres", "postgresql"):
+        from .brokers.postgres_setup import migrate as pg_migrate
+
+        applied = pg_migrate(url)
+        click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+        return
+    c.app.broker.queue_stats()  # SQLite migrates on connect; Redis has no schema
+    click.echo("schema is up to date")
 
 
 def main() -> None:

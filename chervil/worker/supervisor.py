@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from ..app import Chervil
 from ..brokers.base import Lease
 from ..job import DeadReason, ErrorInfo
 from ..runner import failure
+from ..schedule import Scheduler
 from .queues import QueueSpec
 
 log = logging.getLogger("chervil.worker")
@@ -54,6 +56,7 @@ class WorkerOptions:
     max_jobs_per_child: int | None = None
     grace_seconds: float = 30.0
     log_level: str = "WARNING"
+    scheduler: bool = True  # run the cron scheduler loop (one active across all workers)
 
 
 class Supervisor:
@@ -203,6 +206,11 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        stop_scheduler = threading.Event()
+        if self.options.scheduler and self.app.schedules and not self.options.burst:
+            owner = f"{socket.gethostname()}:{os.getpid()}"
+            threading.Thread(target=Scheduler(self.app, owner).run, args=(stop_scheduler,),
+                             name="chervil-scheduler", daemon=True).start()
         for i in range(self.options.processes):
             self._spawn(i)
         log.info("worker started: %d process(es) x %d thread(s), queues %s",
@@ -216,6 +224,9 @@ class Supervisor:
             for c in list(self.children.values()):
                 if c.proc.poll() is not None:
                     self._reap(c)
+            if self.stopping:
+                stop_scheduler.set()
+        stop_scheduler.set()
         self.app.close()
         return self.exit_code
 

@@ -55,6 +55,8 @@ def build(url: str | None = None, clock: Clock | None = None) -> Chervil:
     a.task(name="sleepy", retry=Retry(max_attempts=5, backoff=0.1))(sleepy)
     a.task(name="hang", timeout=1.0, retry=Retry(max_attempts=2, backoff=0.1, jitter=0.0))(hang)
     a.task(name="probe", retry=Retry(max_attempts=5, backoff=0.05))(probe)
+    a.task(name="urgent", queue="critical")(probe)
+    a.task(name="bulk", queue="batch")(sleepy)
     return a
 
 

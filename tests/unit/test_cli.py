@@ -81,3 +81,24 @@ def test_enqueue_with_app_and_redaction(url: str, tmp_path: Path,
     assert story["args"] == ["ann", "***"]
     bad = CliRunner().invoke(cli, ["-A", "secretapp:app", "enqueue", "login", "--args", "[1"])
     assert bad.exit_code == 2 and "not valid JSON" in bad.output
+
+
+def test_pause_task_and_schedules(url: str, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = tmp_path / "cronjobs.py"
+    mod.write_text(
+        "from chervil import Chervil\n"
+        f"app = Chervil({url!r})\n"
+        "@app.cron('0 3 * * *', tz='Europe/Paris', name='nightly')\n"
+        "def nightly() -> None: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert "task cronjobs.nightly paused" in run(url, "pause", "--task", "cronjobs.nightly")
+    assert "task cronjobs.nightly: paused" in run(url, "queues")
+    run(url, "resume", "--task", "cronjobs.nightly")
+    rows = json.loads(run(url, "-A", "cronjobs:app", "schedules", "--json"))
+    assert rows[0]["name"] == "nightly" and rows[0]["last"] is None
+    job_id = run(url, "-A", "cronjobs:app", "schedules", "run", "nightly").strip()
+    story = json.loads(run(url, "job", job_id, "--json"))
+    assert story["unique_key"].startswith("cron:nightly:manual:")
+    assert "schema is up to date" in run(url, "migrate")

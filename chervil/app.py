@@ -12,6 +12,7 @@ from .brokers import open_broker
 from .brokers.base import Broker
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, UnknownTask
+from .faults import crash_point
 from .limits import FlowControl
 from .retry import Retry
 from .schedule import Cron, Schedule
@@ -144,6 +145,7 @@ class Chervil:
         if not calls:
             return []
         results = self.broker.enqueue([c.new_job for c in calls])
+        crash_point("after_commit")
         return [JobHandle(self, r.id, r.duplicate) for r in results]
 
     def enqueue(self, task: str, *args: Any, **kwargs: Any) -> JobHandle[Any]:

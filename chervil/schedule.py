@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigurationError
+from .faults import crash_point
 
 if TYPE_CHECKING:
     from .app import Chervil
@@ -197,6 +198,7 @@ class Scheduler:
         for sched in self.app.schedules.values():
             fires, mark = sched.due(marks.get(sched.name), now)
             if fires:
+                crash_point("scheduler_tick")
                 self.app.enqueue_many([self.prepare(sched, f) for f in fires])
                 fired += len(fires)
                 for f in fires:

@@ -23,6 +23,7 @@ import time
 
 from ..app import Chervil
 from ..brokers.base import Lease, Outcome, WorkerInfo
+from ..faults import crash_point
 from ..job import Job, JobStatus
 from ..runner import execute
 from .queues import QueueSpec
@@ -106,6 +107,8 @@ class Child:
                     break
                 outcomes, self._pending = self._pending, []
                 free = self._free
+            if outcomes:
+                _before_finish(outcomes)
             try:
                 accepted, jobs = self.broker.finish_and_reserve(
                     outcomes, self.queues.order(), free, self.id, self.lease_seconds)
@@ -119,6 +122,7 @@ class Child:
                 continue
             self._recorded(outcomes, accepted)
             if jobs:
+                crash_point("claimed")
                 with self._cond:
                     self._free -= len(jobs)
                     for job in jobs:
@@ -185,6 +189,7 @@ class Child:
             if task is None and self._handed_back(job):
                 continue
             self.reporter.started(job, task.options.timeout if task else None)
+            crash_point("task_started")
             outcome = execute(task, job, self.app.clock, settings.payload_limit_bytes)
             with self._cond:
                 self._pending.append(outcome)
@@ -239,6 +244,7 @@ class Child:
             self._recorded(batch, self._finish(batch))
 
     def _finish(self, batch: list[Outcome]) -> list[bool]:
+        _before_finish(batch)
         delay = 0.05
         while True:
             try:
@@ -336,6 +342,14 @@ class Child:
         finisher.join(max(5.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             self.broker.unregister_worker(self.id)
+
+
+def _before_finish(outcomes: list[Outcome]) -> None:
+    crash_point("before_finish")
+    if any(o.status is JobStatus.SCHEDULED for o in outcomes):
+        crash_point("finish_retry")
+    if any(o.status is JobStatus.DEAD for o in outcomes):
+        crash_point("finish_dead")
 
 
 def child_main(argv: list[str] | None = None) -> int:

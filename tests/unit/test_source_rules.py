@@ -14,7 +14,7 @@ FORBIDDEN_MODULES = {"pickle", "marshal", "shelve", "dill", "cloudpickle", "_pic
 def test_all_lists_exactly_the_public_names() -> None:
     public = {n for n in vars(chervil) if not n.startswith("_")} - {
         "annotations", "app", "brokers", "clock", "errors", "job", "retry", "runner",
-        "settings", "task", "redact", "worker", "admin", "testing", "cli", "limits", "schedule"}
+        "settings", "task", "redact", "worker", "admin", "testing", "cli", "limits", "schedule", "faults"}
     assert set(chervil.__all__) - {"__version__"} == public
     for name in chervil.__all__:
         assert hasattr(chervil, name)

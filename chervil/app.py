@@ -18,6 +18,7 @@ from .retry import Retry
 from .schedule import Cron, Schedule
 from .settings import Settings
 from .task import JobHandle, PreparedJob, Task, TaskOptions, check_sensitive, task_name
+from .transactional import Outbox, driver_connection, write_outbox
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,13 +141,39 @@ class Chervil:
                               f"{sorted(self.tasks) or 'none'}") from None
 
     # -- enqueueing ----------------------------------------------------------------------
-    def enqueue_many(self, calls: Sequence[PreparedJob]) -> list[JobHandle[Any]]:
-        """Commit many jobs in one round trip (``task.prepare(...)`` builds each)."""
+    def enqueue_many(self, calls: Sequence[PreparedJob],
+                     connection: Any = None) -> list[JobHandle[Any]]:
+        """Commit many jobs in one round trip (``task.prepare(...)`` builds each).
+
+        ``connection``: enqueue inside the caller's open transaction instead (see
+        ``chervil/transactional.py``); the jobs exist once the caller commits.
+        """
         if not calls:
             return []
-        results = self.broker.enqueue([c.new_job for c in calls])
+        jobs = [c.new_job for c in calls]
+        if connection is not None:
+            conn = driver_connection(connection)
+            if self.uses_outbox:
+                write_outbox(conn, jobs, self.clock.now())
+                return [JobHandle(self, j.id) for j in jobs]
+            if self.settings.broker_url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+                raise ConfigurationError(
+                    "enqueue with connection= needs a SQL broker, or an outbox for Redis: "
+                    "set outbox_url (CHERVIL_OUTBOX_URL) to the app's database")
+            results = self.broker.enqueue(jobs, connection=conn)
+        else:
+            results = self.broker.enqueue(jobs)
         crash_point("after_commit")
         return [JobHandle(self, r.id, r.duplicate) for r in results]
+
+    @property
+    def uses_outbox(self) -> bool:
+        return bool(self.settings.outbox_url)
+
+    def outbox(self) -> Outbox:
+        if not self.settings.outbox_url:
+            raise ConfigurationError("no outbox: set outbox_url (CHERVIL_OUTBOX_URL)")
+        return Outbox(self, self.settings.outbox_url)
 
     def enqueue(self, task: str, *args: Any, **kwargs: Any) -> JobHandle[Any]:
         """Enqueue by task name (for tools; code should use ``task.enqueue``)."""

@@ -355,6 +355,27 @@ def scheduler(app_path: str, log_level: str) -> None:
 
 
 @cli.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--log-level", default="INFO", show_default=True)
+def relay(app_path: str, log_level: str) -> None:
+    """Run only the outbox relay (one is active at a time, the others stand by)."""
+    import logging
+    import signal
+    import socket
+    import threading
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    sys.path.insert(0, os.getcwd())
+    app = load_app(app_path)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    app.outbox().run(stop, f"{socket.gethostname()}:{os.getpid()}")
+    app.close()
+
+
+@cli.command()
 @pass_ctx
 def migrate(c: Context) -> None:
     """Create or upgrade the broker's schema (safe to run from several processes)."""
@@ -366,6 +387,11 @@ def migrate(c: Context) -> None:
         click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
         return
     c.app.broker.queue_stats()  # SQLite migrates on connect; Redis has no schema
+    if c.app.uses_outbox:
+        outbox = c.app.outbox()
+        outbox.ensure_schema()
+        outbox.close()
+        click.echo("outbox table ready")
     click.echo("schema is up to date")
 
 

@@ -11,6 +11,7 @@ Unset, a crash point costs one dictionary lookup. The points:
     finish_dead      ... and one of them moves a job to the dead-letter queue
     scheduler_tick   a scheduler computed a tick's fires, before enqueueing them
     after_commit     a producer's enqueue committed, before it returns to the caller
+    relay_enqueued   the outbox relay enqueued a batch, before deleting it from the outbox
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import threading
 
 POINTS = frozenset({"claimed", "task_started", "before_finish", "finish_retry", "finish_dead",
-                    "scheduler_tick", "after_commit"})
+                    "scheduler_tick", "after_commit", "relay_enqueued"})
 EXIT_CODE = 86
 
 _spec = os.environ.get("CHERVIL_CRASH_AT", "")

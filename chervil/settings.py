@@ -33,6 +33,8 @@ class Settings:
     enqueue_timeout_seconds: float = 10.0
     # the unknown-task hand-back window (DESIGN §7)
     unknown_task_wait_seconds: float = 300.0
+    # the app database holding the outbox, for transactional enqueue with Redis ("": none)
+    outbox_url: str = ""
     # cron: the scheduler lease (a dead scheduler is replaced within this time)
     scheduler_lease_seconds: float = 10.0
 

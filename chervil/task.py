@@ -135,11 +135,15 @@ class Task(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Commit a job for this call and return its handle.
 
-        ``delay=`` (seconds or timedelta) and ``at=`` (datetime) schedule it, unless the
-        function has parameters of those names: then use ``task.prepare`` with options.
+        ``delay=`` (seconds or timedelta) and ``at=`` (datetime) schedule it;
+        ``connection=`` enqueues inside the caller's database transaction (see
+        ``chervil/transactional.py``). A function with parameters of those names keeps
+        them: use ``task.prepare`` and ``app.enqueue_many`` for the options then.
         """
+        connection = kwargs.pop("connection", None) if "connection" not in \
+            self.signature.parameters else None
         prepared = self.prepare(*args, **kwargs)
-        return self.app.enqueue_many([prepared])[0]
+        return self.app.enqueue_many([prepared], connection=connection)[0]
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
         """Bind and encode a call without enqueueing it (for ``app.enqueue_many``)."""

@@ -207,10 +207,13 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         stop_scheduler = threading.Event()
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         if self.options.scheduler and self.app.schedules and not self.options.burst:
-            owner = f"{socket.gethostname()}:{os.getpid()}"
             threading.Thread(target=Scheduler(self.app, owner).run, args=(stop_scheduler,),
                              name="chervil-scheduler", daemon=True).start()
+        if self.app.uses_outbox and not self.options.burst:
+            threading.Thread(target=self.app.outbox().run, args=(stop_scheduler, owner),
+                             name="chervil-relay", daemon=True).start()
         for i in range(self.options.processes):
             self._spawn(i)
         log.info("worker started: %d process(es) x %d thread(s), queues %s",

@@ -120,6 +120,8 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
     summary = summarize(broker, data, failed)
     summary["settings"] = {"reps": args.reps, "quick": quick, "n_drain": n_drain,
                            "n_enqueue": n_enq, "n_bulk": n_bulk, "redis": REDIS_URL,
+                           "chervil_url": next((lib.env.get("CHERVIL_BROKER_URL") for lib, _
+                                                in libs if lib.module == "chervil_peer"), None),
                            "when": datetime.datetime.now().isoformat(timespec="seconds"),
                            "python": sys.version.split()[0]}
     print(render(summary))

@@ -167,10 +167,10 @@ def postgres_libs(peers: set[str] | None) -> list[tuple[str, Builder]]:
         py = ensure("pgqueuer")
         lib = Lib("pgqueuer", "pgqueuer_peer", py, _env(BENCH_SCHEMA="bench_pgqueuer"),
                   _pg_reset, bulk="enqueue(list)")
-        # pgq 1.6's --log-level crashes (AttributeError: 'str' object has no attribute
-        # 'name' in setup_fancy_logger), so it runs at its default level.
-        return [(lib, [Variant("pgqueuer defaults", [
-            _bin(py, "pgq"), "run", "pgqueuer_peer:main"])])]
+        # pgq 1.6's CLI crashes in its logging setup (AttributeError: 'str' object has no
+        # attribute 'name'), so the driver calls PgQueuer.run() itself.
+        return [(lib, [Variant("pgqueuer run() defaults", [
+            py, "-c", "import pgqueuer_peer; pgqueuer_peer.work()"])])]
 
     def raw() -> list[tuple[Lib, list[Variant]]]:
         py = project_python()

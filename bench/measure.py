@@ -193,8 +193,9 @@ def drain(lib: Lib, variant: Variant, r: redis.Redis, n: int, max_seconds: float
         after = commandstats(r)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         delta["get"] = delta.get("get", 0) - polls
-        delta["incr"] = delta.get("incr", 0) - count
-        delta.pop("info", None)
+        own = "incrby" if delta.get("incrby", 0) >= count else "incr"  # redis-py: INCRBY
+        delta[own] = delta.get(own, 0) - count
+        delta.pop("info", None)  # the harness's own INFO calls
         delta = {k: v for k, v in delta.items() if v > 0}
         out["redis_cmds_per_job"] = sum(delta.values()) / max(count, 1)
         out["redis_cmds"] = {k: round(v / max(count, 1), 3) for k, v in

@@ -128,6 +128,11 @@ def render(summary: dict[str, Any]) -> str:
         if broker == "redis":
             cells.append(_f(r.get("redis_cmds_per_job"), 1))
         lines.append("| " + " | ".join(cells) + " |")
+    cmds = [(r["config"], r["redis_cmds"]) for r in summary["rows"] if r.get("redis_cmds")]
+    if cmds:
+        lines += ["", "Redis commands per job on the drain path (INFO commandstats delta / N, "
+                  "minus the task's INCR and the harness's GET polls; server-wide):"]
+        lines += [f"- {c}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for c, d in cmds]
     errs = [(r["config"], e) for r in summary["rows"] for e in r.get("errors", [])]
     if errs:
         lines += ["", "Errors:"] + [f"- {c}: {e[:300]}" for c, e in errs]

@@ -1,7 +1,8 @@
 """pgqueuer: asyncpg driver; its tables in PostgreSQL schema BENCH_SCHEMA.
 
-Worker: ``pgq run pgqueuer_peer:main`` (its ``--log-level`` option crashes in 1.6.0).
-Payload: JSON bytes.
+Worker: ``python -c "import pgqueuer_peer; pgqueuer_peer.work()"``, i.e. ``PgQueuer.run()``
+with its defaults (batch_size 10): the ``pgq run`` CLI of 1.6.0 crashes at start-up in its
+logging setup (AttributeError: 'str' object has no attribute 'name'). Payload: JSON bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ async def main() -> PgQueuer:
         await arecord(args.get("t0", 0.0))
 
     return pgq
+
+
+def work() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+
+    async def go() -> None:
+        pgq = await main()
+        await pgq.run()
+    asyncio.run(go())
 
 
 def _payload(i: int, t0: float = 0.0) -> bytes:

@@ -16,11 +16,25 @@ the next scheduled job, and the caller's timeout is the polling fallback for a l
 notification. Queue stats count live jobs from a partial index and finished jobs from
 ``terminal_counts``, kept exact by the same trigger, so they never scan finished rows.
 
-Round trips per call: enqueue 1 (plus 1 only when a unique key was taken by a job
-committed while it waited), reserve 1, finish 1, finish_and_reserve 1 (two statements
-pipelined in one transaction), extend/release/recover 1, prune 1 per batch, every other
-verb 1. ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside
-its open transaction and never commits (in autocommit mode the statement commits itself).
+Flow control (postgres_0002_flow_control.sql): unique keys live in ``unique_keys`` (who
+took the key, in which mode, until when); enqueue row-locks its batch's keys in key order
+(``lock_unique``) and then, with a snapshot taken after the locks, skips the jobs whose key
+is still held, so concurrent producers of one key get exactly one job. A requeued job
+whose key another job has taken since is requeued but does not take the key back (it
+holds it again only if the key still names it). Limits and rate limits are enforced by
+``reserve_flow``, called by the reserve statement only when a task is paused or a ready
+job of the queues asked for carries a limit or rate key; it locks the ``slots`` and
+``buckets`` rows of the keys it may admit (key order), counts running jobs per key from
+``jobs`` with a fresh snapshot, and admits within the free slots and tokens, all in the
+reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
+recover free a slot by leaving ``running`` and take no lock for it.
+
+Round trips per call: enqueue 1 (two statements pipelined when the batch has unique
+keys), reserve 1, finish 1, finish_and_reserve 1 (two statements pipelined in one
+transaction), extend/release/recover 1, prune 1 per batch, every other verb 1.
+``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside its open
+transaction and never commits (in autocommit mode it wraps its statements in one
+transaction of their own).
 """
 
 from __future__ import annotations
@@ -71,19 +85,9 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         last_error=ErrorInfo.from_json(row[9]), dead_reason=row[10], created_at=row[11],
         run_at=row[12], started_at=row[13], finished_at=row[14], worker=row[15],
         lease_until=row[16], lease_token=row[17], unique_key=row[18], task_version=row[19],
-        result=row[20], trace=dict(row[21]) if row[21] else {},
+        result=row[20], trace=dict(row[21]) if row[21] else {}, limit_key=row[22],
+        rate_key=row[23],
     )
-
-
-def _refuse_flow_control(jobs: Sequence[NewJob]) -> None:
-    """Options this broker does not enforce yet fail loudly instead of being ignored."""
-    for j in jobs:
-        mode = getattr(j, "unique_mode", "active")
-        if (mode != "active" or getattr(j, "limit_key", None) is not None
-                or getattr(j, "rate_key", None) is not None):
-            raise ConfigurationError(
-                f"job {j.id} ({j.task}) asks for unique_mode={mode!r}, a concurrency limit or "
-                "a rate limit, which the PostgreSQL broker does not enforce yet")
 
 
 class PostgresBroker(Broker):
@@ -164,7 +168,6 @@ class PostgresBroker(Broker):
                 f"database; got {type(connection).__name__}")
         if not jobs:
             return []
-        _refuse_flow_control(jobs)
         # Repeats inside the batch resolve to their first occurrence, client side.
         send: list[NewJob] = []
         first: dict[int, int] = {}  # index in jobs -> index in send
@@ -189,10 +192,20 @@ class PostgresBroker(Broker):
             payloads=[j.payload for j in send], max_attempts=[j.max_attempts for j in send],
             run_ats=[j.run_at for j in send], unique_keys=[j.unique_key for j in send],
             versions=[j.task_version for j in send],
-            traces=[json.dumps(j.trace) if j.trace else None for j in send])
+            traces=[json.dumps(j.trace) if j.trace else None for j in send],
+            unique_modes=[j.unique_mode for j in send],
+            unique_untils=[j.unique_until for j in send],
+            limit_keys=[j.limit_key for j in send], limit_ns=[j.limit_n for j in send],
+            rate_keys=[j.rate_key for j in send],
+            rates=[float(j.rate_per_second) for j in send],
+            bursts=[float(j.rate_burst) for j in send])
         if connection is not None:
             self._pool()  # the schema exists before the caller's transaction uses it
-            results = self._enqueue_on(connection, send, params)
+            if connection.autocommit:  # the key locks must last until the jobs commit
+                with connection.transaction():
+                    results = self._enqueue_on(connection, send, params)
+            else:
+                results = self._enqueue_on(connection, send, params)
         else:
             with self._conn() as conn, conn.transaction():
                 results = self._enqueue_on(conn, send, params)
@@ -206,29 +219,26 @@ class PostgresBroker(Broker):
     def _enqueue_on(self, conn: psycopg.Connection[Any], send: list[NewJob],
                     params: dict[str, Any]) -> list[Enqueued]:
         cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may use another
-        rows = cur.execute(self._q["enqueue"], params).fetchall()
-        results: list[Enqueued | None] = []
-        for job_id, added, id_taken, holder in rows:
+        if any(j.unique_key is not None for j in send):
+            # Two statements, one round trip: lock the keys, then enqueue with a snapshot
+            # taken after the locks (see lock_unique in postgres.sql).
+            with conn.pipeline():
+                conn.cursor().execute(self._q["lock_unique"], params)
+                cur.execute(self._q["enqueue"], params)
+        else:
+            cur.execute(self._q["enqueue"], params)
+        rows = cur.fetchall()
+        results = []
+        for job_id, added, _id_taken, holder in rows:
             if added:
                 results.append(Enqueued(job_id))
-            elif id_taken:
-                results.append(Enqueued(job_id, duplicate=True))
-            elif holder is not None:
+            elif holder is not None and not _id_taken:
                 results.append(Enqueued(holder, duplicate=True))
             else:
-                results.append(None)  # lost a race to a job committed meanwhile
-        missing = [n for n, r in enumerate(results) if r is None]
-        if missing:
-            found = cur.execute(self._q["find_existing"], {
-                "ids": [send[n].id for n in missing],
-                "unique_keys": [send[n].unique_key for n in missing]}).fetchall()
-            ids = {row[0] for row in found}
-            keys = {row[1]: row[0] for row in found if row[1] is not None}
-            for n in missing:
-                j = send[n]
-                holder = j.id if j.id in ids else keys.get(j.unique_key or "", j.id)
-                results[n] = Enqueued(holder, duplicate=True)
-        return [r for r in results if r is not None]
+                # The id exists: seen, or committed by a concurrent enqueue of the same id
+                # while this one waited (ON CONFLICT skipped it).
+                results.append(Enqueued(job_id, duplicate=True))
+        return results
 
     # -- consuming -----------------------------------------------------------------------
     def reserve(self, queues: Sequence[str], limit: int, worker: str,
@@ -424,6 +434,22 @@ class PostgresBroker(Broker):
         names = sorted(set(counts) | set(paused))
         return [QueueStats(q, counts.get(q, {}), age.get(q), paused.get(q, False))
                 for q in names]
+
+    # -- flow control and scheduling ------------------------------------------------------
+    def set_task_paused(self, task: str, paused: bool) -> None:
+        if paused:
+            self._count("pause_task", task=task)
+        else:
+            self._rows("resume_task", task=task, channel=self.options.channel)
+
+    def paused_tasks(self) -> list[str]:
+        return [r[0] for r in self._rows("paused_tasks")]
+
+    def schedule_marks(self) -> dict[str, float]:
+        return {r[0]: float(r[1]) for r in self._rows("schedule_marks")}
+
+    def mark_schedule(self, name: str, fire_at: float) -> None:
+        self._count("mark_schedule", name=name, fire_at=float(fire_at))
 
     # -- workers and coordination --------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:

@@ -93,15 +93,12 @@ def test_enqueue_many_resolves_repeats_inside_one_batch(broker: PostgresBroker) 
     assert sum(s.ready for s in broker.queue_stats()) == 502
 
 
-def test_enqueue_racing_a_concurrent_unique_key(broker: PostgresBroker, schema: str) -> None:
+def test_enqueue_racing_a_concurrent_unique_key(broker: PostgresBroker) -> None:
     broker.get("warm-up")
-    other = new_job_id()
+    other = new(unique_key="race")
     results: list[Any] = []
     with psycopg.connect(POSTGRES_URL) as conn:
-        conn.execute(sql.SQL(
-            "INSERT INTO {}.jobs (id, task, queue, payload, status, created_at, run_at, "
-            "unique_key) VALUES (%s, 't', 'default', '', 'queued', 0, 0, 'race')")
-            .format(sql.Identifier(schema)), (other,))
+        assert not broker.enqueue([other], connection=conn)[0].duplicate
         t = threading.Thread(target=lambda: results.append(
             broker.enqueue([new(unique_key="race")])))
         t.start()
@@ -109,7 +106,7 @@ def test_enqueue_racing_a_concurrent_unique_key(broker: PostgresBroker, schema: 
         conn.commit()
     t.join()
     [[res]] = results
-    assert res.duplicate and res.id == other
+    assert res.duplicate and res.id == other.id
 
 
 def test_finish_and_reserve_in_one_transaction(broker: PostgresBroker) -> None:

@@ -9,73 +9,136 @@
 -- (implicit) transaction; wake-ups (NOTIFY) and terminal counts come from the triggers
 -- in postgres_0001_initial.sql, inside that same transaction.
 
+-- name: lock_unique
+-- Sent before enqueue (same transaction) when the batch has unique keys: row-lock every
+-- key, making the rows of new ones, in key order so that producers never deadlock. The
+-- enqueue statement after it starts with a new snapshot, taken once the locks are held:
+-- it sees the job of every producer of these keys that came before.
+INSERT INTO {s}.unique_keys AS u (key, mode)
+SELECT DISTINCT k, 'active' FROM unnest(%(unique_keys)s::text[]) AS k
+WHERE k IS NOT NULL
+ORDER BY 1
+ON CONFLICT (key) DO UPDATE SET mode = u.mode;
+
 -- name: enqueue
--- Insert every new job; ON CONFLICT skips ids that exist and unique keys held by a
--- waiting or running job. For each skipped job, name the job that holds it.
+-- Insert every new job whose unique key is not held (held: by a job still waiting in
+-- mode "queued", waiting or running in mode "active", or until ``until`` in mode
+-- "window"); ON CONFLICT skips ids that exist. New jobs take their unique keys and make
+-- the slots and buckets rows of their limit and rate keys (a new bucket starts full).
+-- For each skipped job, name the job that holds its key.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[],
                          %(priorities)s::integer[], %(payloads)s::bytea[],
                          %(max_attempts)s::integer[], %(run_ats)s::float8[],
-                         %(unique_keys)s::text[], %(versions)s::text[], %(traces)s::text[])
+                         %(unique_keys)s::text[], %(versions)s::text[], %(traces)s::text[],
+                         %(unique_modes)s::text[], %(unique_untils)s::float8[],
+                         %(limit_keys)s::text[], %(limit_ns)s::integer[],
+                         %(rate_keys)s::text[], %(rates)s::float8[], %(bursts)s::float8[])
         WITH ORDINALITY
         AS i(id, task, queue, priority, payload, max_attempts, run_at, unique_key,
-             task_version, trace, pos)
+             task_version, trace, unique_mode, unique_until, limit_key, limit_n, rate_key,
+             rate_per_second, rate_burst, pos)
 ), t AS (
     SELECT {now} AS now
+), held AS (
+    SELECT i.pos, u.job_id
+    FROM input AS i
+    JOIN {s}.unique_keys AS u ON u.key = i.unique_key
+    LEFT JOIN {s}.jobs AS h ON h.id = u.job_id
+    CROSS JOIN t
+    WHERE (u.mode = 'window' AND u.until > t.now)
+       OR (u.mode = 'queued' AND h.status IN ('scheduled', 'queued'))
+       OR (u.mode = 'active' AND h.status IN ('scheduled', 'queued', 'running'))
 ), inserted AS (
     INSERT INTO {s}.jobs (id, task, queue, priority, payload, status, max_attempts,
-                          created_at, run_at, unique_key, task_version, trace)
+                          created_at, run_at, unique_key, task_version, trace, limit_key,
+                          limit_n, rate_key, rate_per_second, rate_burst)
     SELECT i.id, i.task, i.queue, i.priority, i.payload,
            CASE WHEN COALESCE(i.run_at, t.now) > t.now THEN 'scheduled' ELSE 'queued' END,
            i.max_attempts, t.now, COALESCE(i.run_at, t.now), i.unique_key, i.task_version,
-           i.trace::jsonb
+           i.trace::jsonb, i.limit_key, i.limit_n, i.rate_key, i.rate_per_second,
+           i.rate_burst
     FROM input AS i, t
+    WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.pos = i.pos)
     ORDER BY i.pos
     ON CONFLICT DO NOTHING
     RETURNING id
+), taken AS (
+    INSERT INTO {s}.unique_keys AS u (key, job_id, mode, until)
+    SELECT i.unique_key, i.id, i.unique_mode, i.unique_until
+    FROM input AS i JOIN inserted AS n ON n.id = i.id
+    WHERE i.unique_key IS NOT NULL
+    ON CONFLICT (key) DO UPDATE
+    SET job_id = excluded.job_id, mode = excluded.mode, until = excluded.until
+), slots AS (
+    INSERT INTO {s}.slots (key)
+    SELECT DISTINCT i.limit_key FROM input AS i WHERE i.limit_key IS NOT NULL
+    ORDER BY 1
+    ON CONFLICT DO NOTHING
+), buckets AS (
+    INSERT INTO {s}.buckets (key, tokens, updated_at)
+    SELECT i.rate_key, max(i.rate_burst), min(t.now) FROM input AS i, t
+    WHERE i.rate_key IS NOT NULL
+    GROUP BY i.rate_key
+    ORDER BY 1
+    ON CONFLICT DO NOTHING
 )
 SELECT i.id,
        EXISTS (SELECT 1 FROM inserted AS n WHERE n.id = i.id) AS added,
        EXISTS (SELECT 1 FROM {s}.jobs AS e WHERE e.id = i.id) AS id_taken,
-       (SELECT e.id FROM {s}.jobs AS e
-        WHERE e.unique_key = i.unique_key AND e.status IN ('scheduled', 'queued', 'running')
-        LIMIT 1) AS holder
+       (SELECT held.job_id FROM held WHERE held.pos = i.pos) AS holder
 FROM input AS i
 ORDER BY i.pos;
 
--- name: find_existing
--- After a conflict with a job committed while enqueue waited (not in its snapshot).
-SELECT id, unique_key FROM {s}.jobs
-WHERE id = ANY(%(ids)s::text[])
-   OR (unique_key = ANY(%(unique_keys)s::text[])
-       AND status IN ('scheduled', 'queued', 'running'));
-
 -- name: reserve
--- Queues in the order given, each scanned in index order (priority, run_at, id) and
--- locked with SKIP LOCKED; the nested loop runs the next queue's scan only while the
--- outer LIMIT still wants rows, so no row is locked that is not taken.
-UPDATE {s}.jobs AS j
-SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
-    lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s
-FROM (
-    SELECT c.id
-    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
-    CROSS JOIN LATERAL (
-        SELECT w.id FROM {s}.jobs AS w
-        WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
-          AND (w.status = 'queued' OR w.run_at <= {now})
-        ORDER BY w.priority DESC, w.run_at, w.id
+-- Without flow control in force (no paused task, no ready job with a limit or rate key
+-- in these queues: a probe of the partial index jobs_flow) one UPDATE: queues in the
+-- order given, each scanned in index order (priority, run_at, id) and locked with SKIP
+-- LOCKED; the nested loop runs the next queue's scan only while the outer LIMIT still
+-- wants rows, so no row is locked that is not taken. With flow control in force, the
+-- UPDATE's scan does not run (a one-time filter) and reserve_flow (see
+-- postgres_0002_flow_control.sql) does the work instead, in this same statement.
+WITH flow AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM {s}.paused_tasks)
+        OR EXISTS (SELECT 1 FROM {s}.jobs AS f
+                   WHERE f.queue = ANY(%(queues)s::text[])
+                     AND f.status IN ('scheduled', 'queued')
+                     AND (f.limit_key IS NOT NULL OR f.rate_key IS NOT NULL)
+                     AND (f.status = 'queued' OR f.run_at <= {now})) AS active
+), plain AS (
+    UPDATE {s}.jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
+        lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s
+    FROM (
+        SELECT c.id
+        FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
+        CROSS JOIN LATERAL (
+            SELECT w.id FROM {s}.jobs AS w
+            WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
+              AND (w.status = 'queued' OR w.run_at <= {now})
+            ORDER BY w.priority DESC, w.run_at, w.id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
+          AND NOT (SELECT active FROM flow)
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
-    LIMIT %(limit)s
-) AS pick
-WHERE j.id = pick.id
-RETURNING j.id, j.task, j.queue, j.payload, j.status, j.priority, j.attempts,
-    j.max_attempts, j.lost_leases, j.last_error, j.dead_reason, j.created_at, j.run_at,
-    j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token, j.unique_key,
-    j.task_version, j.result, j.trace;
+    ) AS pick
+    WHERE j.id = pick.id
+    RETURNING j.id, j.task, j.queue, j.payload, j.status, j.priority, j.attempts,
+        j.max_attempts, j.lost_leases, j.last_error, j.dead_reason, j.created_at,
+        j.run_at, j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token,
+        j.unique_key, j.task_version, j.result, j.trace, j.limit_key, j.rate_key
+)
+SELECT * FROM plain
+UNION ALL
+SELECT r.id, r.task, r.queue, r.payload, r.status, r.priority, r.attempts,
+    r.max_attempts, r.lost_leases, r.last_error, r.dead_reason, r.created_at, r.run_at,
+    r.started_at, r.finished_at, r.worker, r.lease_until, r.lease_token, r.unique_key,
+    r.task_version, r.result, r.trace, r.limit_key, r.rate_key
+FROM {s}.reserve_flow(%(queues)s::text[], %(limit)s::integer, %(worker)s::text,
+                      %(lease)s::float8, %(token)s::text, {now}) AS r
+WHERE (SELECT active FROM flow);
 
 -- name: extend
 UPDATE {s}.jobs AS j SET lease_until = {now} + %(lease)s
@@ -190,7 +253,7 @@ DELETE FROM {s}.jobs WHERE id IN (
 -- name: get
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
-    lease_until, lease_token, unique_key, task_version, result, trace
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key
 FROM {s}.jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -198,7 +261,7 @@ FROM {s}.jobs WHERE id = %(id)s;
 -- its own plan (by status: jobs_status_id; otherwise the primary key, newest first).
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
-    lease_until, lease_token, unique_key, task_version, result, trace
+    lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key
 FROM {s}.jobs
 WHERE {where}
 ORDER BY id DESC LIMIT %(limit)s;
@@ -239,3 +302,21 @@ RETURNING 1;
 
 -- name: release_lease
 DELETE FROM {s}.leases WHERE name = %(name)s AND owner = %(owner)s;
+
+-- name: pause_task
+INSERT INTO {s}.paused_tasks (task) VALUES (%(task)s) ON CONFLICT DO NOTHING;
+
+-- name: resume_task
+-- Resuming a task type wakes every idle worker (an empty payload means every queue).
+WITH gone AS (DELETE FROM {s}.paused_tasks WHERE task = %(task)s RETURNING task)
+SELECT pg_notify(%(channel)s, '')::text FROM gone;
+
+-- name: paused_tasks
+SELECT task FROM {s}.paused_tasks ORDER BY task;
+
+-- name: schedule_marks
+SELECT name, fire_at FROM {s}.schedule_marks;
+
+-- name: mark_schedule
+INSERT INTO {s}.schedule_marks AS m (name, fire_at) VALUES (%(name)s, %(fire_at)s)
+ON CONFLICT (name) DO UPDATE SET fire_at = greatest(m.fire_at, excluded.fire_at);

@@ -32,6 +32,7 @@ class JobContext:
     task: str
     attempt: int
     max_attempts: int
+    lease_token: str | None = None  # this attempt's lease (for audit logs)
 
     @property
     def idempotency_key(self) -> str:
@@ -100,7 +101,8 @@ def execute(task: Task[Any, Any] | None, job: Job, clock: Clock, payload_limit: 
         return dead(job, DeadReason.BAD_ARGUMENTS,
                     f"arguments no longer bind to {task.name}{task.signature}: {exc}")
     secrets = _secrets(task, args, kwargs)
-    token = _current.set(JobContext(job.id, job.task, job.attempts, job.max_attempts))
+    token = _current.set(JobContext(job.id, job.task, job.attempts, job.max_attempts,
+                                    job.lease_token))
     try:
         value = task.fn(*args, **kwargs)
         if task.is_async:

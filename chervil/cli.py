@@ -77,12 +77,14 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
               help="Replace a child after this many jobs.")
 @click.option("--grace", type=float, default=30.0, show_default=True,
               help="Seconds running jobs get to finish after SIGTERM.")
+@click.option("--max-memory-per-child", type=click.FloatRange(min=1), default=None,
+              metavar="MB", help="Kill and replace a child whose resident memory passes MB.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--scheduler/--no-scheduler", default=True, show_default=True,
               help="Take part in running cron schedules (one worker is active at a time).")
 def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool,
-           max_jobs_per_child: int | None, grace: float, log_level: str,
-           scheduler: bool) -> None:
+           max_jobs_per_child: int | None, grace: float, max_memory_per_child: float | None,
+           log_level: str, scheduler: bool) -> None:
     """Run a worker: a supervisor and its child processes."""
     from .worker.queues import QueueSpec
     from .worker.supervisor import WorkerOptions, run_worker
@@ -90,7 +92,8 @@ def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool
     sys.path.insert(0, os.getcwd())
     app = load_app(app_path)
     options = WorkerOptions(QueueSpec.parse(queues), processes, threads, burst,
-                            max_jobs_per_child, grace, log_level, scheduler)
+                            max_jobs_per_child, grace, log_level, scheduler,
+                            max_memory_per_child)
     sys.exit(run_worker(app_path, app, options))
 
 

@@ -57,6 +57,7 @@ class WorkerOptions:
     grace_seconds: float = 30.0
     log_level: str = "WARNING"
     scheduler: bool = True  # run the cron scheduler loop (one active across all workers)
+    max_memory_mb: float | None = None  # a child over this resident size is killed
 
 
 class Supervisor:
@@ -152,6 +153,26 @@ class Supervisor:
                         c.proc.kill()
                     break
 
+    def _check_memory(self) -> None:
+        """Kill a child whose resident memory passed the cap (as the kernel's OOM killer
+        would, but only that child): its started jobs count a lost lease."""
+        cap = self.options.max_memory_mb
+        if cap is None:
+            return
+        page = os.sysconf("SC_PAGE_SIZE")
+        for c in self.children.values():
+            try:
+                with open(f"/proc/{c.proc.pid}/statm") as f:
+                    rss_mb = int(f.read().split()[1]) * page / 2**20
+            except (OSError, ValueError, IndexError):
+                continue
+            if rss_mb > cap:
+                log.warning("child %d (pid %d) uses %.0f MB, over --max-memory-per-child "
+                            "%.0f MB: killing it (running: %s)", c.index, c.proc.pid, rss_mb,
+                            cap, ", ".join(c.started) or "nothing")
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
+
     def _reap(self, c: ChildState) -> None:
         self._read(c)
         self.selector.unregister(c.fd)
@@ -224,6 +245,7 @@ class Supervisor:
             for key, _ in self.selector.select(timeout):
                 self._read(key.data)
             self._check_deadlines()
+            self._check_memory()
             for c in list(self.children.values()):
                 if c.proc.poll() is not None:
                     self._reap(c)

@@ -49,6 +49,13 @@ def probe(key: str) -> None:
     ledger("run", key)
 
 
+def hog(key: str, mb: int) -> None:
+    ledger("start", key)
+    hoard = [bytearray(1024 * 1024) for _ in range(mb)]
+    time.sleep(30)
+    del hoard
+
+
 def build(url: str | None = None, clock: Clock | None = None) -> Chervil:
     """The app with its tasks: workers use ``app``; tests build one for their own file."""
     a = Chervil(url, clock=clock)
@@ -56,6 +63,7 @@ def build(url: str | None = None, clock: Clock | None = None) -> Chervil:
     a.task(name="hang", timeout=1.0, retry=Retry(max_attempts=2, backoff=0.1, jitter=0.0))(hang)
     a.task(name="probe", retry=Retry(max_attempts=5, backoff=0.05))(probe)
     a.task(name="urgent", queue="critical")(probe)
+    a.task(name="hog", retry=Retry(max_attempts=10))(hog)
     a.task(name="bulk", queue="batch")(sleepy)
     return a
 

@@ -100,3 +100,19 @@ def test_max_jobs_per_child_replaces_children(env: Callable[..., Env]) -> None:
     pids = {r[4] for r in e.ledger()}
     assert len(pids) >= 4
     assert worker.poll() is None
+
+
+def test_memory_cap_kills_the_child_and_a_poison_job_ends_worker_lost(
+        env: Callable[..., Env]) -> None:
+    e = env()
+    app = e.app()
+    hog = app.tasks["hog"].enqueue("hog", 300)
+    fine = app.tasks["probe"].enqueue("fine")
+    worker = e.worker("-p", "1", "-t", "2", "--max-memory-per-child", "150")
+    wait_for(lambda: hog.status() is JobStatus.DEAD, timeout=60, what="three lost leases")
+    j = hog.refresh()
+    assert (j.dead_reason, j.lost_leases) == ("worker_lost", 3)
+    assert [r[1] for r in e.ledger()].count("hog") == 3
+    assert fine.status() is JobStatus.SUCCEEDED
+    assert worker.poll() is None
+    assert "over --max-memory-per-child" in e.log_text()

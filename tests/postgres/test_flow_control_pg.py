@@ -1,0 +1,286 @@
+"""Flow control under concurrency, PostgreSQL only: many pools, many threads, one database.
+
+Every invariant is checked on committed state (no timings): a job counts as running for
+a worker from just after its reserve returned (committed) until just before its finish is
+sent, so that count never exceeds the database's own, and it must stay within the limit.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from chervil.brokers.base import JobFilter, Lease, NewJob, Outcome
+from chervil.brokers.postgres import PostgresBroker
+from chervil.brokers.sqlfile import migrations
+from chervil.clock import FakeClock
+from chervil.job import Job, JobStatus, new_job_id
+from tests.conftest import POSTGRES_URL
+
+LEASE = 300.0
+THREADS = 8
+
+
+def new(queue: str = "default", **kw: Any) -> NewJob:
+    return NewJob(id=new_job_id(), task="app.task", queue=queue, payload=b"{}", **kw)
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_eight_workers_never_exceed_a_limit(make_broker: Callable[..., PostgresBroker],
+                                            clock: FakeClock) -> None:
+    limits = {"lock:a": 1, "lock:b": 1, "concurrency:t:": 3, "concurrency:u:x": 2}
+    jobs = [new(limit_key=k, limit_n=n, priority=random.randrange(3))
+            for k, n in limits.items() for _ in range(60)]
+    jobs += [new() for _ in range(60)]  # plain jobs in the same queue
+    brokers = [make_broker(clock) for _ in range(THREADS)]  # one pool per "worker host"
+    brokers[0].enqueue(jobs)
+    total = len(jobs)
+    lock = threading.Lock()
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    ran: Counter[str] = Counter()
+    done: set[str] = set()
+    stop_spinning = threading.Event()
+
+    def took(got: list[Job]) -> None:
+        with lock:
+            for j in got:
+                ran[j.id] += 1
+                if j.limit_key is not None:
+                    running[j.limit_key] += 1
+                    peak[j.limit_key] = max(peak[j.limit_key], running[j.limit_key])
+                    assert running[j.limit_key] <= limits[j.limit_key], j.limit_key
+
+    def leaving(gone: list[Job]) -> None:
+        with lock:
+            for j in gone:
+                if j.limit_key is not None:
+                    running[j.limit_key] -= 1
+
+    def work(i: int) -> None:
+        broker = brokers[i]
+        rng = random.Random(i)
+        held: list[Job] = []
+        idle, seen = 0, -1
+        while idle < 5000:  # a liveness guard only: progress anywhere resets it
+            with lock:
+                if len(done) == total:
+                    return
+                if len(done) != seen:
+                    idle, seen = 0, len(done)
+            # hand some back unstarted, finish the rest (some as dead), fetch more
+            back = [j for j in held if rng.random() < 0.1]
+            finish = [j for j in held if j not in back]
+            leaving(held)
+            if back:
+                assert broker.release([Lease(j.id, j.lease_token or "") for j in back]) == \
+                    len(back)
+            outcomes = [Outcome(j.id, j.lease_token or "",
+                                JobStatus.DEAD if rng.random() < 0.1 else JobStatus.SUCCEEDED,
+                                dead_reason="not_retryable") for j in finish]
+            accepted, held = broker.finish_and_reserve(outcomes, ["default"],
+                                                       rng.randint(1, 4), f"w{i}", LEASE)
+            assert all(accepted)
+            with lock:
+                done.update(j.id for j in finish)
+            took(held)
+            idle = 0 if held or finish else idle + 1
+            if not held:
+                stop_spinning.wait(0.001)
+        raise AssertionError(f"worker {i} starved with {total - len(done)} jobs left")
+
+    run_threads(THREADS, work)
+    assert len(done) == total
+    assert set(peak) == set(limits) and all(peak[k] <= n for k, n in limits.items())
+    stats = {s.queue: s.counts for s in brokers[0].queue_stats()}["default"]
+    assert stats.get("queued", 0) == stats.get("running", 0) == 0
+    # a job waiting behind its key spent no attempt: attempts = times it was started
+    # minus the times it was handed back
+    for j in brokers[0].list_jobs(JobFilter(), limit=total):
+        assert j.attempts == 1, (j.id, ran[j.id])
+
+
+def test_concurrent_reserves_share_one_bucket(make_broker: Callable[..., PostgresBroker],
+                                              clock: FakeClock) -> None:
+    brokers = [make_broker(clock) for _ in range(THREADS)]
+    brokers[0].enqueue([new(rate_key="rate:t:", rate_per_second=0.001, rate_burst=25)
+                        for _ in range(200)])
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            jobs = brokers[i].reserve(["default"], 3, f"w{i}", LEASE)
+            with lock:
+                got.extend(j.id for j in jobs)
+
+    run_threads(THREADS, work)  # the clock stands still: only the burst is there to take
+    assert len(got) == len(set(got)) == 25
+    clock.advance(1000)  # one more token
+    assert len(brokers[0].reserve(["default"], 10, "w", LEASE)) == 1
+
+
+def test_unique_keys_under_producers_and_consumers(make_broker: Callable[..., PostgresBroker],
+                                                   schema: str) -> None:
+    """Mode "active": never two live jobs with one key, while jobs finish meanwhile."""
+    keys = [f"sync:{i}" for i in range(200)]
+    brokers = [make_broker() for _ in range(6)]
+    stop = threading.Event()
+    overlaps: list[Any] = []
+    check = sql.SQL("SELECT unique_key FROM {}.jobs WHERE unique_key IS NOT NULL "
+                    "AND status IN ('scheduled', 'queued', 'running') GROUP BY unique_key "
+                    "HAVING count(*) > 1").format(sql.Identifier(schema))
+
+    def role(i: int) -> None:
+        rng = random.Random(i)
+        if i == 0:  # a checker: each statement sees one committed state
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                while not stop.is_set():
+                    overlaps.extend(conn.execute(check).fetchall())
+        elif i < 3:  # consumers
+            for _ in range(150):
+                jobs = brokers[i].reserve(["default"], 8, f"w{i}", LEASE)
+                brokers[i].finish([Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED)
+                                   for j in jobs])
+        else:  # producers
+            for _ in range(15):
+                batch = [new(unique_key=k) for k in rng.sample(keys, 40)]
+                brokers[i].enqueue(batch)
+
+    brokers[0].get("warm-up")  # the schema exists before the checker looks
+    failed: list[BaseException] = []
+
+    def checking() -> None:
+        try:
+            role(0)
+        except BaseException as exc:
+            failed.append(exc)
+
+    checker = threading.Thread(target=checking)
+    checker.start()
+    try:
+        run_threads(5, lambda i: role(i + 1))
+    finally:
+        stop.set()
+        checker.join()
+    assert failed == [] and overlaps == []
+
+
+def test_window_keys_hold_across_producers(make_broker: Callable[..., PostgresBroker],
+                                           clock: FakeClock) -> None:
+    brokers = [make_broker(clock) for _ in range(THREADS)]
+    until = clock.now() + 3600
+    winners: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def produce(i: int) -> None:
+        rng = random.Random(i)
+        for _ in range(5):
+            keys = rng.sample(range(100), 50)
+            batch = [new(unique_key=f"mail:{k}", unique_mode="window", unique_until=until)
+                     for k in keys]
+            res = brokers[i].enqueue(batch)
+            with lock:
+                for nj, r in zip(batch, res, strict=True):
+                    winners.setdefault(nj.unique_key or "", set()).add(r.id)
+            # finishing does not free a window key
+            jobs = brokers[i].reserve(["default"], 10, f"w{i}", LEASE)
+            brokers[i].finish([Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED)
+                               for j in jobs])
+
+    run_threads(THREADS, produce)
+    assert all(len(ids) == 1 for ids in winners.values())
+    assert len(winners) == 100
+
+
+def test_requeue_of_a_dead_job_whose_key_is_taken(broker: PostgresBroker) -> None:
+    [a] = broker.enqueue([new(unique_key="k")])
+    [ja] = broker.reserve(["default"], 1, "w", LEASE)
+    broker.finish([Outcome(ja.id, ja.lease_token or "", JobStatus.DEAD, dead_reason="x")])
+    [b] = broker.enqueue([new(unique_key="k")])
+    assert not b.duplicate
+    # requeued, but the key stays with b: no second holder, no integrity error
+    assert broker.requeue([a.id]) == 1
+    assert broker.enqueue([new(unique_key="k")])[0].id == b.id
+    requeued = broker.get(a.id)
+    assert requeued is not None and requeued.status is JobStatus.QUEUED
+    # once b is done, a (which did not take the key back) does not hold it either
+    got = broker.reserve(["default"], 5, "w", LEASE)
+    broker.finish([Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED) for j in got])
+    assert not broker.enqueue([new(unique_key="k")])[0].duplicate
+
+
+def test_requeue_of_a_dead_job_whose_key_is_free_holds_it_again(
+        broker: PostgresBroker) -> None:
+    [a] = broker.enqueue([new(unique_key="k")])
+    [ja] = broker.reserve(["default"], 1, "w", LEASE)
+    broker.finish([Outcome(ja.id, ja.lease_token or "", JobStatus.DEAD, dead_reason="x")])
+    assert broker.requeue([a.id]) == 1
+    again = broker.enqueue([new(unique_key="k")])[0]
+    assert again.duplicate and again.id == a.id
+
+
+def test_unique_key_in_an_autocommit_callers_connection(broker: PostgresBroker) -> None:
+    broker.get("warm-up")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        [a] = broker.enqueue([new(unique_key="order:1")], connection=conn)
+        [b] = broker.enqueue([new(unique_key="order:1")], connection=conn)
+    assert not a.duplicate and b.duplicate and b.id == a.id
+
+
+def test_slow_path_only_when_flow_control_is_in_force(broker: PostgresBroker) -> None:
+    """A lock job in another queue, or a scheduled one, leaves the plain path alone."""
+    broker.enqueue([new(limit_key="lock:x", limit_n=1, queue="other"),
+                    new(limit_key="lock:y", limit_n=1, run_at=broker.clock.now() + 60)]
+                   + [new() for _ in range(3)])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        params = broker._params(queues=["default"], limit=10, worker="w", lease=LEASE,
+                                token="t")
+        plan = "\n".join(r[0] for r in conn.execute(
+            b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + broker._q["reserve"], params))
+        conn.rollback()
+    assert "Function Scan on reserve_flow r (never executed)" in plan
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3
+    assert len(broker.reserve(["other"], 10, "w", LEASE)) == 1
+
+
+def test_upgrade_keeps_version_1_unique_keys(
+        schema: str, make_broker: Callable[..., PostgresBroker]) -> None:
+    ident = sql.Identifier(schema)
+    [(_, first)] = [m for m in migrations("postgres") if m[0] == 1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        conn.execute(sql.SQL("CREATE TABLE {}.migrations (version integer PRIMARY KEY, "
+                             "applied_at timestamptz NOT NULL DEFAULT now())").format(ident))
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            conn.execute(first.encode())
+            conn.execute("INSERT INTO migrations (version) VALUES (1)")
+            conn.execute("INSERT INTO jobs (id, task, queue, payload, status, created_at, "
+                         "run_at, unique_key) VALUES ('old', 't', 'default', '', 'queued', "
+                         "0, 0, 'legacy')")
+    broker = make_broker()
+    res = broker.enqueue([new(unique_key="legacy")])[0]
+    assert res.duplicate and res.id == "old"

@@ -25,9 +25,21 @@ touches one slot. Jobs are found by id through their lease token (``<hex>:<queue
 the hot path; ``get``, ``requeue`` and ``cancel`` by id look in each known queue, which
 costs O(number of queues). Unique keys (modes queued, active, window) are unique per
 queue. A finished small job costs about 0.9 KB of Redis memory (record ~490 B, two
-index entries ~145 B each). Locks, concurrency and rate limits (``limit_key``,
-``rate_key``) and paused task types are not enforced yet: enqueueing such a job raises
-ConfigurationError rather than ignoring the limit.
+index entries ~145 B each).
+
+Flow control is enforced inside the scripts, and is scoped per queue: slot counts,
+token buckets and parked jobs live under the queue's hash tag (one slot on Redis
+Cluster), so a ``limit_key`` or ``rate_key`` shared by tasks of two queues is two
+independent locks / limits / buckets. Held-back jobs are *parked* rather than scanned
+again: a job whose limit key has no room waits in a per-key list and comes back when a
+slot frees (finish of any kind, release, recover; a stale, fenced finish frees
+nothing); a job whose bucket is empty waits per rate key until a token is due; a job of
+a paused task type (``set_task_paused``) waits per task until resumed. A parked job
+stays ``queued``, spends no attempt and costs reserve nothing, so plain jobs behind it
+are reserved as before; one reserve call parks at most ``4 * limit + 64`` jobs. Paused
+task types are one global set (``<prefix>:{_}:ptasks``) that the scripts read
+themselves on a standalone Redis; on a cluster reserve reads it first (one more round
+trip per reserve), so a reserve racing with a pause may start a job of that task.
 
 Time: with a FakeClock (tests) the scripts use it; with the system clock they read
 Redis's own TIME, so a host with a skewed clock can neither start jobs early nor steal
@@ -70,7 +82,7 @@ class RedisBroker(AdminVerbs, Broker):
                                      "without connection= (or use the PostgreSQL broker)")
         if not jobs:
             return []
-        _refuse_limits(jobs)
+        _check_flow(jobs)
         spans = [list(range(i, min(i + CHUNK, len(jobs)))) for i in range(0, len(jobs), CHUNK)]
         attempts = [0]
 
@@ -88,7 +100,7 @@ class RedisBroker(AdminVerbs, Broker):
                 args = {q: [q, len(ix), *[a for i in ix for a in _job_args(jobs[i])]]
                         for q, ix in by_queue.items()}
                 groups, cs = self._calls("enqueue", list(by_queue), [WAKE_CAP], args, now=now)
-                calls += cs
+                calls += self._with_ptasks(cs)
                 orders += [[i for q in g for i in by_queue[q]] for g in groups]
                 all_groups += groups
             out: list[Enqueued | None] = [None] * len(jobs)
@@ -141,7 +153,7 @@ class RedisBroker(AdminVerbs, Broker):
                 "reserve", queues, [limit, worker, repr(float(lease_seconds)), 100 + limit,
                                     WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"] for q in queues},
                 now=now)
-            calls += rcalls
+            calls += self._with_ptasks(rcalls)
         results = self._scripts.run(self._r, calls) if calls else []
         accepted = [False] * len(outcomes)
         for g, (flags, wakes) in zip(fgroups, results, strict=False):
@@ -159,10 +171,12 @@ class RedisBroker(AdminVerbs, Broker):
     def _reserve_cluster(self, queues: list[str], limit: int, worker: str,
                          lease_seconds: float) -> list[Job]:
         jobs: list[Job] = []
+        ptasks = sorted(t.decode() for t in self._r.smembers(self._ptasks))
         for k, q in enumerate(queues):
             [(g, (flat, wakes, _))] = self._script(
                 "reserve", [q], [limit - len(jobs), worker, repr(float(lease_seconds)),
-                                 100 + limit, WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"]})
+                                 100 + limit, WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"]},
+                tail=ptasks)
             jobs += _decode_jobs(flat)
             self._wake(g, wakes)
             if len(jobs) >= limit:
@@ -241,10 +255,11 @@ class RedisBroker(AdminVerbs, Broker):
             pipe = self._r.pipeline(transaction=False)
             for q in queues:
                 pipe.zrange(f"{self._base(q)}:sched", 0, 0, withscores=True)
+                pipe.zrange(f"{self._base(q)}:rdue", 0, 0, withscores=True)
                 pipe.exists(f"{self._base(q)}:paused")
             out = pipe.execute()
-            heads = [out[2 * i][0][1] for i in range(len(queues))
-                     if out[2 * i] and not out[2 * i + 1]]
+            heads = [first[0][1] for i in range(len(queues)) if not out[3 * i + 2]
+                     for first in out[3 * i:3 * i + 2] if first]
             block = min(timeout, MAX_BLOCK)
             if heads:
                 if self._server_time:
@@ -282,7 +297,25 @@ class RedisBroker(AdminVerbs, Broker):
         args = ["release", self._now(), owner, "0", "0"]
         self._run(lambda: self._global("lease", [f"{self._g}:lease:{name}"], args))
 
-    # -- scheduling -------------------------------------------------------------------
+    # -- flow control and scheduling ----------------------------------------------------
+    def set_task_paused(self, task: str, paused: bool) -> None:
+        def go() -> None:
+            if paused:
+                self._r.sadd(self._ptasks, task)
+                return
+            self._r.srem(self._ptasks, task)
+            queues, more = self._all_queues(), True
+            while queues and more:
+                more = False
+                for g, (_, wakes, again) in self._script("unpause", queues,
+                                                         [WAKE_CAP, task, BATCH]):
+                    more = more or bool(again)
+                    self._wake(g, wakes)
+        self._run(go)
+
+    def paused_tasks(self) -> list[str]:
+        return sorted(t.decode() for t in self._run(lambda: self._r.smembers(self._ptasks)))
+
     def schedule_marks(self) -> dict[str, float]:
         raw = self._run(lambda: self._r.hgetall(f"{self._g}:marks"))
         return {k.decode(): float(v) for k, v in raw.items()}
@@ -295,16 +328,21 @@ def _job_args(j: NewJob) -> list[Any]:
     return [j.id, j.task, j.payload, str(j.priority), str(j.max_attempts),
             "" if j.run_at is None else repr(float(j.run_at)), j.unique_key or "",
             j.task_version or "", json.dumps(j.trace) if j.trace else "", j.unique_mode,
-            "" if j.unique_until is None else repr(float(j.unique_until))]
+            "" if j.unique_until is None else repr(float(j.unique_until)),
+            j.limit_key or "", str(int(j.limit_n)), j.rate_key or "",
+            repr(float(j.rate_per_second)), repr(float(j.rate_burst))]
 
 
-def _refuse_limits(jobs: Sequence[NewJob]) -> None:
-    """Limits this broker does not enforce yet fail loudly instead of being ignored."""
+def _check_flow(jobs: Sequence[NewJob]) -> None:
+    """Flow-control fields the scripts could not honour are refused, not ignored."""
     for j in jobs:
-        if j.limit_key is not None or j.rate_key is not None:
+        if j.limit_key is not None and j.limit_n < 1:
+            raise ConfigurationError(f"job {j.id} ({j.task}): limit_key {j.limit_key!r} "
+                                     f"needs limit_n >= 1, not {j.limit_n}")
+        if j.rate_key is not None and (j.rate_per_second <= 0 or j.rate_burst < 1):
             raise ConfigurationError(
-                f"job {j.id} ({j.task}) asks for a lock, concurrency limit or rate limit, "
-                "which the Redis broker does not enforce yet")
+                f"job {j.id} ({j.task}): rate_key {j.rate_key!r} needs rate_per_second > 0 "
+                f"and rate_burst >= 1, not {j.rate_per_second} and {j.rate_burst}")
         if j.unique_mode not in UNIQUE_MODES:
             raise ConfigurationError(f"job {j.id} ({j.task}): unknown unique_mode "
                                      f"{j.unique_mode!r}; use one of {UNIQUE_MODES}")

@@ -61,6 +61,7 @@ class RedisCore:
         self._queues: list[str] = []  # last known queue names
         p = options.prefix
         self._g = f"{p}:{{_}}"
+        self._ptasks = f"{self._g}:ptasks"  # set of paused task types
 
     # -- keys, time, retries ----------------------------------------------------------
     def _base(self, queue: str) -> str:
@@ -118,6 +119,13 @@ class RedisCore:
                 args += per_queue[q] if per_queue else []
             calls.append((name, keys, [*args, *tail]))
         return groups, calls
+
+    def _with_ptasks(self, calls: list[Call]) -> list[Call]:
+        """Standalone: the scripts read the paused task types themselves (one more key;
+        on a cluster it is another slot, so reserve gets them as arguments instead)."""
+        if self._cluster:
+            return calls
+        return [(name, [*keys, self._ptasks], args) for name, keys, args in calls]
 
     def _script(self, name: str, queues: Sequence[str], head: Sequence[Any],
                 per_queue: dict[str, list[Any]] | None = None,

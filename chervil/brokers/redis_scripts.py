@@ -18,7 +18,7 @@ from ..job import ErrorInfo, Job, JobStatus
 from .redis_conn import nodes
 
 NAMES = ("enqueue", "reserve", "finish", "extend", "release", "recover", "requeue",
-         "cancel", "prune", "stats", "worker", "lease", "marks")
+         "cancel", "prune", "stats", "worker", "lease", "marks", "unpause")
 STATUSES = tuple(s.value for s in JobStatus)
 
 
@@ -90,5 +90,6 @@ def decode_job(job_id: str, raw: dict[bytes, bytes] | list[bytes]) -> Job:
         worker=_s(g(b"worker")), lease_until=_f(g(b"lease_until")),
         lease_token=_s(g(b"lease_token")), unique_key=_s(g(b"unique_key")),
         task_version=_s(g(b"task_version")), result=_s(g(b"result")),
-        trace=json.loads(trace) if trace else {},
+        trace=json.loads(trace) if trace else {}, limit_key=_s(g(b"limit_key")),
+        rate_key=_s(g(b"rate_key")),
     )

@@ -13,8 +13,20 @@
 --   <base>:uniq          hash   unique_key -> id of the job holding it
 --   <base>:uniqw         hash   unique_key -> held until (unique_mode window)
 --   <base>:paused        string present while the queue is paused
+-- Flow control (all per queue: a limit or rate key shared by two queues is two keys):
+--   <base>:slots         hash   limit_key -> running jobs holding a slot
+--   <base>:lrc           hash   limit_key -> jobs of that key in <base>:ready
+--   <base>:lpark:<key>   zset   jobs waiting for a slot of limit_key <key> (ready's
+--                               score and member, so they come back in order)
+--   <base>:tb            hash   rate_key -> "<tokens> <updated_at>" (token bucket)
+--   <base>:rpark:<key>   zset   jobs waiting for a token of rate_key <key>
+--   <base>:rdue          zset   rate_key -> when its parked jobs are looked at again
+--   <base>:tpark:<task>  zset   jobs of a paused task type
+-- A parked job stays status "queued" (in ids:queued and age, not in ready); its record
+-- field `park` says which park ('l', 'r' or 't') holds it.
 -- Global keys share the tag {_}: <prefix>:{_}:queues (set), <prefix>:{_}:wake:<queue>
--- (list of wake-up tokens), workers, named leases and schedule marks.
+-- (list of wake-up tokens), workers, named leases, schedule marks and ptasks (set of
+-- paused task types).
 --
 -- Numbers written back to Redis always go through fmt() (%.17g): Lua's own number to
 -- string conversion keeps only 14 digits and would round timestamps.
@@ -22,12 +34,15 @@
 local function fmt(x) return string.format('%.17g', x) end
 
 -- now: the caller's clock (tests inject one) or, when empty, Redis's own TIME.
+local NOW_S = '0'  -- the script's now (set by clock())
 local function clock(arg)
   if arg == '' then
     local t = redis.call('TIME')
     local n = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    return n, fmt(n)
+    NOW_S = fmt(n)
+    return n, NOW_S
   end
+  NOW_S = arg
   return tonumber(arg), arg
 end
 
@@ -52,17 +67,113 @@ end
 local TERMINAL = {succeeded = true, dead = true, cancelled = true}
 local LIVE = {scheduled = true, queued = true, running = true}
 
--- Take job id out of the indexes of its status st.
-local function leave(base, id, st, h)
+-- Flow control. Invariant for each limit key K: jobs of K in ready (lrc) plus running
+-- jobs of K (slots) stay within limit_n, so reserve never meets a saturated key in
+-- ready; the rest wait in lpark:K and come back one per freed slot (refill).
+-- PTASK: paused task types, when the script knows them (reserve, standalone enqueue);
+-- UNPARKED counts the jobs moved back to ready (the caller turns them into wake-ups).
+local PTASK = {}
+local UNPARKED = 0
+
+local function hnum(key, field)
+  return tonumber(redis.call('HGET', key, field) or '0')
+end
+
+local function hadd(key, field, n)
+  if redis.call('HINCRBY', key, field, n) <= 0 then redis.call('HDEL', key, field) end
+end
+
+local PARK_FIELD = {l = 'limit_key', r = 'rate_key', t = 'task'}
+
+-- due (rate parks): when a token is due; an existing rdue entry is kept.
+local function park(base, h, kind, name, score, member, due)
+  redis.call('ZADD', base .. ':' .. kind .. 'park:' .. name, score, member)
+  redis.call('HSET', h, 'park', kind)
+  if kind == 'r' then redis.call('ZADD', base .. ':rdue', 'NX', due or NOW_S, name) end
+end
+
+-- Move parked jobs of limit key lk back to ready while a slot is free for them.
+local function refill(base, lk)
+  local pk = base .. ':lpark:' .. lk
+  for _ = 1, 64 do
+    local head = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
+    if not head[1] then return end
+    local h = base .. ':j:' .. string.sub(head[1], 18)
+    local n = tonumber(redis.call('HGET', h, 'limit_n') or '1')
+    if hnum(base .. ':slots', lk) + hnum(base .. ':lrc', lk) >= n then return end
+    redis.call('ZREM', pk, head[1])
+    redis.call('HDEL', h, 'park')
+    redis.call('ZADD', base .. ':ready', head[2], head[1])
+    redis.call('HINCRBY', base .. ':lrc', lk, 1)
+    UNPARKED = UNPARKED + 1
+  end
+end
+
+-- A job takes / gives back a slot of its limit key.
+local function take_slot(base, lk)
+  redis.call('HINCRBY', base .. ':slots', lk, 1)
+  hadd(base .. ':lrc', lk, -1)
+end
+
+local function free_slot(base, lk)
+  hadd(base .. ':slots', lk, -1)
+  refill(base, lk)
+end
+
+-- The fields place() needs (f.prio, f.lk, f.ln, f.rk, f.task).
+local function flow_fields(h)
+  local v = redis.call('HMGET', h, 'priority', 'limit_key', 'limit_n', 'rate_key', 'task')
+  return {prio = tonumber(v[1] or '0'), lk = v[2], ln = tonumber(v[3] or '1'), rk = v[4],
+          task = v[5]}
+end
+
+-- A queued job goes to ready, or to a park: its task is paused, jobs of its rate key
+-- already wait for tokens, or its limit key has no room (lpark non-empty, or running
+-- plus ready jobs of the key at limit_n). skip: a park kind not to check (the one the
+-- job comes from).
+local function place(base, id, h, f, run_at_s, skip)
+  local member, score = rkey(tonumber(run_at_s), id), fmt(0 - f.prio)
+  if f.task and PTASK[f.task] and skip ~= 't' then
+    return park(base, h, 't', f.task, score, member)
+  end
+  if f.rk and skip ~= 'r' and redis.call('EXISTS', base .. ':rpark:' .. f.rk) == 1 then
+    return park(base, h, 'r', f.rk, score, member)
+  end
+  if f.lk then
+    if redis.call('EXISTS', base .. ':lpark:' .. f.lk) == 1
+        or hnum(base .. ':slots', f.lk) + hnum(base .. ':lrc', f.lk) >= f.ln then
+      return park(base, h, 'l', f.lk, score, member)
+    end
+    redis.call('HINCRBY', base .. ':lrc', f.lk, 1)
+  end
+  redis.call('ZADD', base .. ':ready', score, member)
+end
+
+-- Take job id out of the indexes of its status st. lk (running only): its limit key
+-- if the caller read it (false: none), else it is read here.
+local function leave(base, id, st, h, lk)
   redis.call('ZREM', base .. ':ids:' .. st, id)
   if st == 'queued' then
-    local run_at = tonumber(redis.call('HGET', h, 'run_at'))
-    redis.call('ZREM', base .. ':ready', rkey(run_at, id))
+    local v = redis.call('HMGET', h, 'run_at', 'park', 'limit_key', 'rate_key', 'task')
+    local m = rkey(tonumber(v[1]), id)
+    if v[2] then
+      local name = v[({l = 3, r = 4, t = 5})[v[2]]]
+      redis.call('ZREM', base .. ':' .. v[2] .. 'park:' .. name, m)
+      redis.call('HDEL', h, 'park')
+    else
+      redis.call('ZREM', base .. ':ready', m)
+      if v[3] then
+        hadd(base .. ':lrc', v[3], -1)
+        refill(base, v[3])
+      end
+    end
     redis.call('ZREM', base .. ':age', id)
   elseif st == 'scheduled' then
     redis.call('ZREM', base .. ':sched', id)
   elseif st == 'running' then
     redis.call('ZREM', base .. ':run', id)
+    if lk == nil then lk = redis.call('HGET', h, 'limit_key') end
+    if lk then free_slot(base, lk) end
   else
     redis.call('ZREM', base .. ':fin:' .. st, id)
     redis.call('PERSIST', h)
@@ -71,13 +182,12 @@ end
 
 -- Put job id into the indexes of status st. score_s is run_at (queued, scheduled),
 -- lease_until (running) or finished_at (terminal), as a string. ttl: seconds a terminal
--- record lives (EXPIRE), 0 = until pruned. prio: the job's priority if the caller knows
--- it (else read from the record).
-local function index(base, id, st, h, score_s, ttl, prio)
+-- record lives (EXPIRE), 0 = until pruned. f: the job's flow fields if the caller
+-- knows them (queued; else read from the record).
+local function index(base, id, st, h, score_s, ttl, f)
   redis.call('ZADD', base .. ':ids:' .. st, 0, id)
   if st == 'queued' then
-    prio = prio or tonumber(redis.call('HGET', h, 'priority') or '0')
-    redis.call('ZADD', base .. ':ready', fmt(0 - prio), rkey(tonumber(score_s), id))
+    place(base, id, h, f or flow_fields(h), score_s)
     redis.call('ZADD', base .. ':age', score_s, id)
   elseif st == 'scheduled' then
     redis.call('ZADD', base .. ':sched', score_s, id)
@@ -93,6 +203,42 @@ end
 local function enter(base, id, st, h, score_s, ttl)
   redis.call('HSET', h, 'status', st)
   index(base, id, st, h, score_s, ttl)
+end
+
+-- Token bucket of rate key rk at now: tokens (a new bucket starts full).
+local function bucket(base, rk, now, rate, burst)
+  local v = redis.call('HGET', base .. ':tb', rk)
+  if not v then return burst end
+  local t, u = string.match(v, '^(%S+) (%S+)$')
+  return math.min(burst, tonumber(t) + math.max(0, now - tonumber(u)) * rate)
+end
+
+-- Rate key rk is due: move as many parked jobs back as there are tokens (at least
+-- one), and look again when the next token after those is due if jobs remain.
+local function unpark_rate(base, rk, now)
+  local pk = base .. ':rpark:' .. rk
+  local head = redis.call('ZRANGE', pk, 0, 0)
+  if not head[1] then return end
+  local rb = redis.call('HMGET', base .. ':j:' .. string.sub(head[1], 18), 'rate', 'burst')
+  local rate, burst = tonumber(rb[1] or '1'), tonumber(rb[2] or '1')
+  local tokens = bucket(base, rk, now, rate, burst)
+  if tokens < 1 then
+    redis.call('ZADD', base .. ':rdue', fmt(now + (1 - tokens) / rate), rk)
+    return
+  end
+  local k = math.floor(tokens)
+  local ms = redis.call('ZRANGE', pk, 0, k - 1)
+  for _, m in ipairs(ms) do
+    local id = string.sub(m, 18)
+    local h = base .. ':j:' .. id
+    redis.call('ZREM', pk, m)
+    redis.call('HDEL', h, 'park')
+    place(base, id, h, flow_fields(h), redis.call('HGET', h, 'run_at'), 'r')
+    UNPARKED = UNPARKED + 1
+  end
+  if redis.call('EXISTS', pk) == 1 then
+    redis.call('ZADD', base .. ':rdue', fmt(now + (k + 1 - tokens) / rate), rk)
+  end
 end
 
 -- Unique keys: <base>:uniq maps unique_key -> id of the job that took it; for

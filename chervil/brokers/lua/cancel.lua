@@ -14,13 +14,13 @@ for g = 1, nq do
   local ids = {}
   if n < 0 then
     local batch = tonumber(ARGV[5])
-    for _, m in ipairs(redis.call('ZRANGE', base .. ':ready', 0, batch - 1)) do
-      ids[#ids + 1] = string.sub(m, 18)
+    for _, id in ipairs(redis.call('ZRANGE', base .. ':ids:queued', 0, batch - 1)) do
+      ids[#ids + 1] = id  -- ids:queued: parked jobs too
     end
     for _, id in ipairs(redis.call('ZRANGE', base .. ':sched', 0, batch - 1)) do
       ids[#ids + 1] = id
     end
-    if redis.call('ZCARD', base .. ':ready') + redis.call('ZCARD', base .. ':sched')
+    if redis.call('ZCARD', base .. ':ids:queued') + redis.call('ZCARD', base .. ':sched')
         > #ids then
       more = 1
     end

@@ -3,16 +3,24 @@
 -- KEYS[1..nq]        <prefix>:{<queue>} base of each queue (see _lib.lua for its keys)
 -- KEYS[nq+1..2nq]    standalone only: <prefix>:{_}:wake:<queue>, pushed here; in cluster
 --                    mode they are absent and the caller pushes the returned counts
+-- KEYS[2nq+1]        standalone only: <prefix>:{_}:ptasks (jobs of a paused task are
+--                    parked at once; in cluster mode reserve parks them)
 -- ARGV[1]  now ('' = Redis TIME)     ARGV[2] nq     ARGV[3] wake cap
--- then per queue: queue name, n, and n times 11 fields:
+-- then per queue: queue name, n, and n times 16 fields:
 --   id, task, payload, priority, max_attempts, run_at ('' = now), unique_key ('' none),
---   task_version ('' none), trace JSON ('' none), unique_mode, unique_until ('' none)
+--   task_version ('' none), trace JSON ('' none), unique_mode, unique_until ('' none),
+--   limit_key ('' none), limit_n, rate_key ('' none), rate_per_second, rate_burst
+-- A queued job with a limit or rate key, or of a paused task, may be parked here (see
+-- place() in _lib.lua) instead of entering ready.
 -- Returns {{id, duplicate (0|1), ...per job}, {wake tokens per queue}}.
 -- A job whose id exists, or whose unique key a live job holds, is not added: the
 -- existing id comes back with duplicate = 1.
 
 local now, now_s = clock(ARGV[1])
 local nq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+if #KEYS > 2 * nq then
+  for _, t in ipairs(redis.call('SMEMBERS', KEYS[2 * nq + 1])) do PTASK[t] = true end
+end
 local i = 4
 local out, wakes = {}, {}
 for g = 1, nq do
@@ -23,8 +31,8 @@ for g = 1, nq do
   local ready, new_head = 0, false
   for _ = 1, n do
     local id, task, payload, prio, max_attempts, run_at_s, uk, version, trace, mode,
-      until_s = unpack(ARGV, i, i + 10)
-    i = i + 11
+      until_s, lk, ln, rk, rate, burst = unpack(ARGV, i, i + 15)
+    i = i + 16
     local h = base .. ':j:' .. id
     local dup = nil
     if redis.call('EXISTS', h) == 1 then
@@ -55,8 +63,22 @@ for g = 1, nq do
         end
         take_unique(base, uk, id, mode, until_s)
       end
+      if lk ~= '' then
+        fields[#fields + 1] = 'limit_key'; fields[#fields + 1] = lk
+        fields[#fields + 1] = 'limit_n'; fields[#fields + 1] = ln
+      else
+        lk = false
+      end
+      if rk ~= '' then
+        fields[#fields + 1] = 'rate_key'; fields[#fields + 1] = rk
+        fields[#fields + 1] = 'rate'; fields[#fields + 1] = rate
+        fields[#fields + 1] = 'burst'; fields[#fields + 1] = burst
+      else
+        rk = false
+      end
       redis.call('HSET', h, unpack(fields))
-      index(base, id, st, h, run_at_s, 0, tonumber(prio))
+      index(base, id, st, h, run_at_s, 0,
+            {prio = tonumber(prio), lk = lk, ln = tonumber(ln), rk = rk, task = task})
       if st == 'scheduled' then
         if run_at < head then head = run_at; new_head = true end
       else

@@ -8,6 +8,8 @@
 --   id, token, kind ('s' succeeded | 'r' retry | 'd' dead), retry_at ('' = now),
 --   dead_reason, error JSON ('' none), result JSON ('' none)
 -- Returns {{1|0 per outcome}, {wake tokens per queue}}.
+-- Leaving running frees the job's limit-key slot (and moves one parked job of that key
+-- back to ready); a rejected (stale) outcome frees nothing.
 
 local now, now_s = clock(ARGV[1])
 local nq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -20,15 +22,16 @@ for g = 1, nq do
   i = i + 1
   local head = sched_head(base) or math.huge
   local ready, new_head = 0, false
+  UNPARKED = 0
   for _ = 1, n do
     local id, token, kind, retry_at_s, reason, err, result = unpack(ARGV, i, i + 6)
     i = i + 7
     local h = base .. ':j:' .. id
-    local cur = redis.call('HMGET', h, 'status', 'lease_token')
+    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'limit_key')
     if cur[1] ~= 'running' or cur[2] ~= token then
       out[#out + 1] = 0
     else
-      leave(base, id, 'running', h)
+      leave(base, id, 'running', h, cur[3])
       redis.call('HDEL', h, 'lease_until')
       if kind == 'r' then
         local run_at = now
@@ -62,7 +65,7 @@ for g = 1, nq do
   end
   local tokens = 0
   if not is_paused(base) then
-    tokens = ready
+    tokens = ready + UNPARKED
     if new_head and tokens == 0 then tokens = 1 end
   end
   wake(KEYS[nq + g], tokens, cap)

@@ -7,6 +7,7 @@
 -- then per queue: n, and n times (id, token); n = -1: every lease of that queue that
 -- expired before now (lease_until < now), at most `batch` of them.
 -- Returns {number recovered, {wake tokens per queue}, 1 if expired leases remain}.
+-- Frees limit-key slots (see finish).
 
 local now, now_s = clock(ARGV[1])
 local nq, cap, max_lost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -30,12 +31,13 @@ for g = 1, nq do
     end
   end
   local ready = 0
+  UNPARKED = 0
   for _, lease in ipairs(leases) do
     local id, token = lease[1], lease[2]
     local h = base .. ':j:' .. id
-    local cur = redis.call('HMGET', h, 'status', 'lease_token')
+    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'limit_key')
     if cur[1] == 'running' and (token == false or cur[2] == token) then
-      leave(base, id, 'running', h)
+      leave(base, id, 'running', h, cur[3])
       local lost = redis.call('HINCRBY', h, 'lost_leases', 1)
       redis.call('HSET', h, 'last_error', err, 'run_at', now_s)
       redis.call('HDEL', h, 'lease_until', 'lease_token', 'worker')
@@ -53,7 +55,7 @@ for g = 1, nq do
     end
   end
   local tokens = 0
-  if not is_paused(base) then tokens = ready end
+  if not is_paused(base) then tokens = ready + UNPARKED end
   wake(KEYS[nq + g], tokens, cap)
   wakes[g] = tokens
 end

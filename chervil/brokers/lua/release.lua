@@ -4,7 +4,7 @@
 -- KEYS[1..nq]  <prefix>:{<queue>} bases      KEYS[nq+1..2nq]  wake lists (standalone)
 -- ARGV[1] now ('' = Redis TIME)  ARGV[2] nq  ARGV[3] wake cap  ARGV[4] delay (s)
 -- then per queue: n, and n times (id, token)
--- Returns {number released, {wake tokens per queue}}.
+-- Returns {number released, {wake tokens per queue}}. Frees limit-key slots (see finish).
 
 local now, now_s = clock(ARGV[1])
 local nq, cap, delay = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -18,13 +18,14 @@ for g = 1, nq do
   i = i + 1
   local head = sched_head(base) or math.huge
   local ready, new_head = 0, false
+  UNPARKED = 0
   for _ = 1, n do
     local id, token = ARGV[i], ARGV[i + 1]
     i = i + 2
     local h = base .. ':j:' .. id
-    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'attempts')
+    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'attempts', 'limit_key')
     if cur[1] == 'running' and cur[2] == token then
-      leave(base, id, 'running', h)
+      leave(base, id, 'running', h, cur[4])
       local attempts = math.max(tonumber(cur[3] or '0') - 1, 0)
       redis.call('HSET', h, 'attempts', fmt(attempts), 'run_at', run_at_s)
       redis.call('HDEL', h, 'lease_until', 'lease_token', 'worker')
@@ -40,7 +41,7 @@ for g = 1, nq do
   end
   local tokens = 0
   if not is_paused(base) then
-    tokens = ready
+    tokens = ready + UNPARKED
     if new_head and tokens == 0 then tokens = 1 end
   end
   wake(KEYS[nq + g], tokens, cap)

@@ -16,6 +16,7 @@ local count, wakes = 0, {}
 for g = 1, nq do
   local base = KEYS[g]
   local ready = 0
+  UNPARKED = 0
   for k = 1, n do
     local id = ARGV[6 + k]
     local h = base .. ':j:' .. id
@@ -33,7 +34,7 @@ for g = 1, nq do
     end
   end
   local tokens = 0
-  if not is_paused(base) then tokens = ready end
+  if not is_paused(base) then tokens = ready + UNPARKED end
   wake(KEYS[nq + g], tokens, cap)
   wakes[g] = tokens
 end

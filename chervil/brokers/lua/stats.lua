@@ -16,7 +16,7 @@ for g = 1, tonumber(ARGV[2]) do
   out[g] = {
     redis.call('EXISTS', base .. ':paused'),
     redis.call('ZCARD', base .. ':sched'),
-    redis.call('ZCARD', base .. ':ready'),
+    redis.call('ZCARD', base .. ':ids:queued'),  -- parked jobs included
     redis.call('ZCARD', base .. ':run'),
     redis.call('ZCARD', base .. ':fin:succeeded'),
     redis.call('ZCARD', base .. ':fin:dead'),

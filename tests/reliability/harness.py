@@ -399,3 +399,13 @@ def _producer_died(cluster: Cluster, job_id: str) -> bool:
 def new_seed() -> int:
     env = os.environ.get("CHERVIL_SOAK_SEED")
     return int(env) if env else random.SystemRandom().randrange(1 << 31)
+
+
+def wait_terminal(broker: Broker, ids: list[str], timeout: float = 60.0) -> list[Job]:
+    """Wait until every job of ``ids`` is terminal; return them in order."""
+    def ended() -> list[Job] | None:
+        jobs = [broker.get(i) for i in ids]
+        done = [j for j in jobs if j is not None and j.status in TERMINAL]
+        return done if len(done) == len(ids) else None
+
+    return wait_for(ended, timeout=timeout, what=f"{len(ids)} job(s) to end", every=0.1)

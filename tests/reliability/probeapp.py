@@ -110,6 +110,10 @@ def crash(key: str, how: str) -> None:
         ctypes.string_at(0)
     if how == "loop":
         spin(3600)
+    if how == "memory":  # touched pages, held: resident memory far past the cap
+        hog = b"x" * (300 * 2**20)
+        time.sleep(30)
+        del hog
     _end(row, "ok")
 
 

@@ -41,9 +41,9 @@ from dataclasses import replace
 app = probeapp.app
 call = app.tasks["probe"].prepare("after_commit", 5.0)
 call = replace(call, new_job=replace(call.new_job, queue="q_after_commit"))
-print(call.new_job.id, flush=True)
+print("ID", call.new_job.id, flush=True)
 app.enqueue_many([call])
-print("returned", flush=True)
+print("RETURNED", flush=True)
 """
 
 
@@ -70,11 +70,11 @@ def test_worker_and_producer_crash_points(backend: Backend, tmp_path: Path) -> N
         for point, proc in crashed.items():
             assert proc.wait(timeout=60) == EXIT_CODE, (point, proc.log.read_text())  # type: ignore[attr-defined]
             c.faults.record(f"crash_at:{point}", "process", [proc.pid])
-        out = crashed["after_commit"].log.read_text().split()  # type: ignore[attr-defined]
-        assert len(out) == 1, "the producer returned from enqueue despite the crash point"
-        jobs["after_commit"] = out[0]
+        out = crashed["after_commit"].log.read_text()  # type: ignore[attr-defined]
+        assert "RETURNED" not in out, "the producer returned from enqueue despite the crash"
+        jobs["after_commit"] = out.split("ID ", 1)[1].split()[0]
         # the job exists although the producer died before returning: it was committed
-        assert app_broker.get(out[0]) is not None
+        assert app_broker.get(jobs["after_commit"]) is not None
 
         queues = ",".join(f"q_{p}" for p in jobs)
         worker = c.worker("-Q", queues, "-p", "1", "-t", "4", "--no-scheduler")

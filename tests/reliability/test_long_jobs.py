@@ -1,0 +1,43 @@
+"""T-06: jobs running 3x the lease, sleeping or spinning the CPU in pure Python, are
+never run twice: the heartbeat thread keeps their lease without the task yielding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chervil.job import JobStatus
+
+from .conftest import Backend
+from .harness import Cluster, new_seed, read_ledger, wait_terminal
+
+pytestmark = pytest.mark.slow
+
+LEASE = 1.0
+
+
+def test_long_and_cpu_bound_jobs_keep_their_lease(backend: Backend, tmp_path: Path) -> None:
+    c = Cluster(tmp_path, backend.url, new_seed(), lease=LEASE)
+    try:
+        from tests.reliability import probeapp
+
+        app = probeapp.build(backend.url)
+        probe = app.tasks["probe"]
+        handles = [probe.enqueue(f"sleep{i}", 3000 * LEASE + 500) for i in range(3)]
+        handles += [probe.enqueue(f"spin{i}", 3000 * LEASE + 500, 0, True) for i in range(3)]
+        worker = c.worker("-p", "1", "-t", "6", "--no-scheduler")
+        broker = c.broker()
+        jobs = wait_terminal(broker, [h.id for h in handles])
+        runs, effects, ignored = read_ledger(c.ledger_path)
+        assert [(j.status, j.attempts, j.lost_leases) for j in jobs] == [
+            (JobStatus.SUCCEEDED, 1, 0)] * 6
+        assert sorted(r.key for r in runs) == sorted(
+            [f"sleep{i}" for i in range(3)] + [f"spin{i}" for i in range(3)])
+        assert all(r.end - r.start >= 3 * LEASE for r in runs if r.end)
+        assert len(effects) == 6 and ignored == []
+        assert "lease lost" not in c.log_text()
+        assert worker.poll() is None
+        app.close()
+    finally:
+        c.close()

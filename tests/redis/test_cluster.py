@@ -2,7 +2,8 @@
 
 Starts three redis-server processes in cluster mode on free loopback ports (files in a
 temporary directory), joins them with ``redis-cli --cluster create``, runs every test
-function of tests/contract/test_broker_contract.py and test_ack_and_fetch.py against a
+function of tests/contract/test_broker_contract.py, test_ack_and_fetch.py and
+test_flow_control.py against a
 broker opened with ``redis://127.0.0.1:<port>?cluster=true``, and stops the servers.
 """
 
@@ -23,10 +24,10 @@ from chervil.brokers import open_broker
 from chervil.brokers.redis import RedisBroker
 from chervil.clock import FakeClock
 from tests.conftest import server_missing
-from tests.contract import test_ack_and_fetch, test_broker_contract
+from tests.contract import test_ack_and_fetch, test_broker_contract, test_flow_control
 from tests.redis.server import RedisServer, free_port
 
-CONTRACT = {name: fn for module in (test_broker_contract, test_ack_and_fetch)
+CONTRACT = {name: fn for module in (test_broker_contract, test_ack_and_fetch, test_flow_control)
             for name, fn in inspect.getmembers(module, inspect.isfunction)
             if name.startswith("test_")}
 

@@ -33,7 +33,11 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def restart_later(server: RedisServer, after: float) -> threading.Thread:
-    t = threading.Thread(target=lambda: (time.sleep(after), server.start()))
+    def go() -> None:
+        time.sleep(after)
+        server.start()
+
+    t = threading.Thread(target=go)
     t.start()
     return t
 

@@ -195,10 +195,12 @@ class PostgresBroker(Broker):
             traces=[json.dumps(j.trace) if j.trace else None for j in send],
             unique_modes=[j.unique_mode for j in send],
             unique_untils=[j.unique_until for j in send],
-            limit_keys=[j.limit_key for j in send], limit_ns=[j.limit_n for j in send],
+            limit_keys=[j.limit_key for j in send],
+            limit_ns=[j.limit_n if j.limit_key is not None else None for j in send],
             rate_keys=[j.rate_key for j in send],
-            rates=[float(j.rate_per_second) for j in send],
-            bursts=[float(j.rate_burst) for j in send])
+            rates=[float(j.rate_per_second) if j.rate_key is not None else None
+                   for j in send],
+            bursts=[float(j.rate_burst) if j.rate_key is not None else None for j in send])
         if connection is not None:
             self._pool()  # the schema exists before the caller's transaction uses it
             if connection.autocommit:  # the key locks must last until the jobs commit

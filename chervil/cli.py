@@ -8,8 +8,13 @@ needed (``--url`` or ``CHERVIL_BROKER_URL``) and every argument value is masked.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -334,18 +339,9 @@ def schedules_run(c: Context, name: str) -> None:
     click.echo(c.admin.fire_schedule(name))
 
 
-@cli.command()
-@click.argument("app_path", metavar="MODULE:APP")
-@click.option("--log-level", default="INFO", show_default=True)
-def scheduler(app_path: str, log_level: str) -> None:
-    """Run only the cron scheduler (one is active at a time, the others stand by)."""
-    import logging
-    import signal
-    import socket
-    import threading
-
-    from .schedule import Scheduler
-
+def _run_until_signal(app_path: str, log_level: str,
+                      body: Callable[[Chervil, threading.Event, str], None]) -> None:
+    """Load the app and run ``body(app, stop, owner)`` until SIGTERM or SIGINT."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     sys.path.insert(0, os.getcwd())
@@ -353,8 +349,19 @@ def scheduler(app_path: str, log_level: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Scheduler(app, f"{socket.gethostname()}:{os.getpid()}").run(stop)
+    body(app, stop, f"{socket.gethostname()}:{os.getpid()}")
     app.close()
+
+
+@cli.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--log-level", default="INFO", show_default=True)
+def scheduler(app_path: str, log_level: str) -> None:
+    """Run only the cron scheduler (one is active at a time, the others stand by)."""
+    from .schedule import Scheduler
+
+    _run_until_signal(app_path, log_level,
+                      lambda app, stop, owner: Scheduler(app, owner).run(stop))
 
 
 @cli.command()
@@ -362,20 +369,8 @@ def scheduler(app_path: str, log_level: str) -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def relay(app_path: str, log_level: str) -> None:
     """Run only the outbox relay (one is active at a time, the others stand by)."""
-    import logging
-    import signal
-    import socket
-    import threading
-
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-    sys.path.insert(0, os.getcwd())
-    app = load_app(app_path)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    app.outbox().run(stop, f"{socket.gethostname()}:{os.getpid()}")
-    app.close()
+    _run_until_signal(app_path, log_level,
+                      lambda app, stop, owner: app.outbox().run(stop, owner))
 
 
 @cli.command()

@@ -14,7 +14,8 @@
 --     put in rdue at the time a token is due; due keys are looked at here (at most
 --     `promote max` per call), moving back as many jobs as there are tokens.
 --   paused task types: parked in tpark:<task> until resumed (unpause.lua).
--- A call parks at most 4 * limit + 64 jobs (then it stops and passes a wake-up on), so
+-- A call parks at most 4 * limit + 64 jobs, plus the rest of the batch it is looking at
+-- (then it stops and passes a wake-up on), so
 -- its cost is bounded whatever the number of held jobs; plain jobs take the same path
 -- as before flow control (one HGETALL, then the moves), with no extra commands.
 --

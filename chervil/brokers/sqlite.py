@@ -12,18 +12,15 @@ migrations, tracked with ``PRAGMA user_version``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..errors import BrokerUnavailable, ConfigurationError
+from ..errors import ConfigurationError
 from ..job import ErrorInfo, Job, JobStatus
 from .base import (
     Broker,
@@ -35,11 +32,11 @@ from .base import (
     QueueStats,
     WorkerInfo,
 )
-from .sqlfile import load_queries, migrations
-from .wake import Waiter, Waker, wake_dir
+from .sqlfile import load_queries
+from .sqlite_db import SQLiteDatabase
+from .wake import Waker, wake_dir
 
 Q = load_queries("sqlite.sql")
-T = TypeVar("T")
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
 
@@ -53,20 +50,6 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         unique_key=row[18], task_version=row[19], result=row[20],
         trace=json.loads(row[21]) if row[21] else {}, limit_key=row[22], rate_key=row[23],
     )
-
-
-def _statements(script: str) -> list[str]:
-    """Split a SQL script into complete statements (trigger bodies stay whole)."""
-    out, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                out.append(buf.strip())
-            buf = ""
-    if buf.strip() and not all(ln.strip().startswith("--") for ln in buf.strip().splitlines()):
-        out.append(buf.strip())
-    return out
 
 
 def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
@@ -114,102 +97,10 @@ class SQLiteBroker(Broker):
                 "default) or 'normal' (faster, may lose the last commits on power loss)")
         self.path = path
         self.clock = clock or SystemClock()
-        self.synchronous = _SYNC_MODES[synchronous.lower()]
-        self.busy_timeout = busy_timeout
         self.max_lost_leases = max_lost_leases
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock_fds: list[int] = []
-        self._conns_lock = threading.Lock()
+        self.db = SQLiteDatabase(path, _SYNC_MODES[synchronous.lower()], busy_timeout)
         self._wake_dir = wake_dir(path)
         self._waker = Waker(self._wake_dir)
-        self._migrated = False
-
-    # -- connections and transactions ----------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-            if not self._migrated:
-                self._migrate(conn)
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        def run() -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                for number, script in migrations("sqlite"):
-                    if number > version:
-                        for statement in _statements(script):
-                            conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {number}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        self._retry(run)
-        self._migrated = True
-
-    def _retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying while the database is busy, up to ``busy_timeout``."""
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.001
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                msg = str(exc)
-                if "locked" not in msg and "busy" not in msg:
-                    raise
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(
-                        f"SQLite file {self.path} stayed locked for {self.busy_timeout:.0f} s; "
-                        "is another program holding a long write transaction?") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn()
-        lock_fd = self._lock_fd()
-
-        def run() -> T:
-            # Writers of this file on this host queue on a lock file first: the kernel
-            # wakes the next one the moment the lock is free, where SQLite's own busy
-            # handler would sleep in steps of up to 100 ms.
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return out
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        return self._retry(run)
-
-    def _lock_fd(self) -> int:
-        fd: int | None = getattr(self._local, "lock_fd", None)
-        if fd is None:
-            fd = os.open(self.path + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
-            self._local.lock_fd = fd
-            with self._conns_lock:
-                self._lock_fds.append(fd)
-        return fd
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = self._conn()
-        return self._retry(lambda: conn.execute(sql, params).fetchall())
 
     # -- producing -----------------------------------------------------------------------
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Enqueued]:
@@ -249,7 +140,7 @@ class SQLiteBroker(Broker):
             # Workers see the jobs once the caller commits; they find them by their next
             # poll, or by the wake-up that any later enqueue or finish sends.
             return result
-        result = self._write(tx)
+        result = self.db.write(tx)
         self._waker.notify()
         return result
 
@@ -272,7 +163,7 @@ class SQLiteBroker(Broker):
             accepted = self._finish_tx(conn, outcomes, now) if outcomes else []
             jobs = self._reserve_tx(conn, queues, limit, worker, lease_seconds, now)
             return accepted, jobs
-        accepted, jobs = self._write(tx)
+        accepted, jobs = self.db.write(tx)
         if any(o.status is JobStatus.SCHEDULED for o in outcomes):
             self._waker.notify()  # a retry may be due before a waiter's timeout
         # RETURNING gives rows in no promised order: restore the reserve order.
@@ -315,7 +206,7 @@ class SQLiteBroker(Broker):
             return [lease.job_id for lease in leases
                     if conn.execute(Q["extend"], (until, lease.job_id, lease.token)).rowcount
                     == 0]
-        return self._write(tx)
+        return self.db.write(tx)
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
@@ -366,7 +257,7 @@ class SQLiteBroker(Broker):
         def tx(conn: sqlite3.Connection) -> int:
             return sum(conn.execute(Q["release"], (delay, now + delay, lease.job_id,
                                                    lease.token)).rowcount for lease in leases)
-        n = self._write(tx)
+        n = self.db.write(tx)
         self._waker.notify()
         return n
 
@@ -382,16 +273,14 @@ class SQLiteBroker(Broker):
             return sum(conn.execute(Q["recover_one"], (limit, limit, limit, now, error, now,
                                                        lease.job_id, lease.token)).rowcount
                        for lease in targets)
-        n = self._write(tx)
+        n = self.db.write(tx)
         if n:
             self._waker.notify()
         return n
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        waiter: Waiter | None = getattr(self._local, "waiter", None)
-        if waiter is None:
-            waiter = self._local.waiter = Waiter(self._wake_dir)
-        row = self._read(Q["next_due"])
+        waiter = self.db.waiter(self._wake_dir)
+        row = self.db.read(Q["next_due"])
         if row and row[0][0] is not None:
             timeout = min(timeout, max(0.0, row[0][0] - self.clock.now()))
         if timeout > 0:
@@ -400,35 +289,35 @@ class SQLiteBroker(Broker):
     # -- operating -----------------------------------------------------------------------
     def requeue(self, ids: Sequence[str]) -> int:
         now = self.clock.now()
-        n = self._write(lambda c: sum(c.execute(Q["requeue"], (now, i)).rowcount for i in ids))
+        n = self.db.write(lambda c: sum(c.execute(Q["requeue"], (now, i)).rowcount for i in ids))
         self._waker.notify()
         return n
 
     def requeue_dead(self, queue: str | None = None, task: str | None = None) -> int:
         now = self.clock.now()
-        n = self._write(lambda c: c.execute(Q["requeue_dead"],
+        n = self.db.write(lambda c: c.execute(Q["requeue_dead"],
                                             (now, queue, queue, task, task)).rowcount)
         self._waker.notify()
         return n
 
     def cancel(self, ids: Sequence[str]) -> int:
         now = self.clock.now()
-        return self._write(lambda c: sum(c.execute(Q["cancel"], (now, i)).rowcount
+        return self.db.write(lambda c: sum(c.execute(Q["cancel"], (now, i)).rowcount
                                          for i in ids))
 
     def purge(self, queue: str) -> int:
         now = self.clock.now()
-        return self._write(lambda c: c.execute(Q["purge"], (now, queue)).rowcount)
+        return self.db.write(lambda c: c.execute(Q["purge"], (now, queue)).rowcount)
 
     def set_paused(self, queue: str, paused: bool) -> None:
-        self._write(lambda c: c.execute(Q["set_paused"], (queue, int(paused))))
+        self.db.write(lambda c: c.execute(Q["set_paused"], (queue, int(paused))))
         if not paused:
             self._waker.notify()
 
     def prune(self, succeeded_before: float, dead_before: float, batch: int = 1000) -> int:
         total = 0
         while True:
-            n = self._write(lambda c: c.execute(Q["prune"], (succeeded_before, dead_before,
+            n = self.db.write(lambda c: c.execute(Q["prune"], (succeeded_before, dead_before,
                                                              batch)).rowcount)
             total += n
             if n < batch:
@@ -436,22 +325,22 @@ class SQLiteBroker(Broker):
 
     # -- inspecting ----------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        rows = self._read(Q["get"], (job_id,))
+        rows = self.db.read(Q["get"], (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
     def list_jobs(self, filter: JobFilter, limit: int = 100,
                   before_id: str | None = None) -> list[Job]:
         status = filter.status.value if filter.status else None
-        rows = self._read(Q["list_jobs"], (status, filter.queue, filter.task, before_id, limit))
+        rows = self.db.read(Q["list_jobs"], (status, filter.queue, filter.task, before_id, limit))
         return [_row_to_job(r) for r in rows]
 
     def queue_stats(self) -> list[QueueStats]:
         now = self.clock.now()
         counts: dict[str, dict[str, int]] = {}
-        for queue, status, n in self._read(Q["count_by_status"]):
+        for queue, status, n in self.db.read(Q["count_by_status"]):
             counts.setdefault(queue, {})[status] = n
-        oldest = dict(self._read(Q["oldest_ready"]))
-        paused = {name: bool(p) for name, p in self._read(Q["all_queues"])}
+        oldest = dict(self.db.read(Q["oldest_ready"]))
+        paused = {name: bool(p) for name, p in self.db.read(Q["all_queues"])}
         names = sorted(set(counts) | set(paused))
         return [QueueStats(q, counts.get(q, {}),
                            max(0.0, now - oldest[q]) if q in oldest else None,
@@ -459,55 +348,43 @@ class SQLiteBroker(Broker):
 
     # -- flow control and scheduling ------------------------------------------------------
     def set_task_paused(self, task: str, paused: bool) -> None:
-        self._write(lambda c: c.execute(Q["pause_task" if paused else "resume_task"], (task,)))
+        self.db.write(lambda c: c.execute(Q["pause_task" if paused else "resume_task"], (task,)))
         if not paused:
             self._waker.notify()
 
     def paused_tasks(self) -> list[str]:
-        return [r[0] for r in self._read(Q["paused_tasks"])]
+        return [r[0] for r in self.db.read(Q["paused_tasks"])]
 
     def schedule_marks(self) -> dict[str, float]:
-        return dict(self._read(Q["schedule_marks"]))
+        return dict(self.db.read(Q["schedule_marks"]))
 
     def mark_schedule(self, name: str, fire_at: float) -> None:
-        self._write(lambda c: c.execute(Q["mark_schedule"], (name, fire_at)))
+        self.db.write(lambda c: c.execute(Q["mark_schedule"], (name, fire_at)))
 
     # -- workers and coordination --------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.clock.now()
         data = json.dumps({**info.to_dict(), "seen_at": now})
-        self._write(lambda c: c.execute(Q["upsert_worker"], (info.id, data, now)))
+        self.db.write(lambda c: c.execute(Q["upsert_worker"], (info.id, data, now)))
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._write(lambda c: c.execute(Q["delete_worker"], (worker_id,)))
+        self.db.write(lambda c: c.execute(Q["delete_worker"], (worker_id,)))
 
     def workers(self, seen_within: float = 60.0) -> list[WorkerInfo]:
-        rows = self._read(Q["live_workers"], (self.clock.now() - seen_within,))
+        rows = self.db.read(Q["live_workers"], (self.clock.now() - seen_within,))
         return [WorkerInfo.from_dict(json.loads(info)) for info, _ in rows]
 
     def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = self.clock.now()
-        return bool(self._write(lambda c: c.execute(
+        return bool(self.db.write(lambda c: c.execute(
             Q["acquire_lease"], (name, owner, now + ttl, now)).rowcount))
 
     def release_lease(self, name: str, owner: str) -> None:
-        self._write(lambda c: c.execute(Q["release_lease"], (name, owner)))
+        self.db.write(lambda c: c.execute(Q["release_lease"], (name, owner)))
 
     def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-            for fd in self._lock_fds:
-                os.close(fd)
-            self._lock_fds.clear()
-        waiter: Waiter | None = getattr(self._local, "waiter", None)
-        if waiter is not None:
-            waiter.close()
-            self._local.waiter = None
-        self._local = threading.local()
+        self.db.close()
         self._waker.close()
-        self._migrated = False
 
 
 def from_url(url: str, clock: Clock | None = None) -> SQLiteBroker:

@@ -98,6 +98,20 @@ class FaultLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
+    def outages(self) -> list[tuple[float, float]]:
+        """(down, up) windows of the broker (``broker_down`` / ``broker_up`` entries)."""
+        out: list[tuple[float, float]] = []
+        down = None
+        for e in self.entries():
+            if e["what"] == "broker_down":
+                down = e["at"]
+            elif e["what"] == "broker_up" and down is not None:
+                out.append((down, e["at"]))
+                down = None
+        if down is not None:
+            out.append((down, float("inf")))
+        return out
+
     def killed(self) -> dict[int, float]:
         """pid -> time of the first fault that killed it."""
         out: dict[int, float] = {}
@@ -131,6 +145,7 @@ class Cluster:
             self.env[f"CHERVIL_{k.upper()}"] = v
         self.procs: list[subprocess.Popen[bytes]] = []
         self.producer_logs: list[Path] = []
+        self.producer_procs: dict[Path, subprocess.Popen[bytes]] = {}
         self._n = 0
         self._brokers: list[Broker] = []
         with open(tmp / "seed.txt", "w") as f:
@@ -169,9 +184,11 @@ class Cluster:
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = self.tmp / f"produced-{name}.txt"
         self.producer_logs.append(log)
-        return self._start("producer", [sys.executable, str(HERE / "producer.py"), str(log),
+        proc = self._start("producer", [sys.executable, str(HERE / "producer.py"), str(log),
                                         str(self.seed), str(count), str(rate), name,
                                         str(batch)], env)
+        self.producer_procs[log] = proc
+        return proc
 
     def script(self, code: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return self._start("script", [sys.executable, "-c", code], env)
@@ -324,6 +341,13 @@ def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Repo
     tried, ok, failed = read_produced(cluster.producer_logs)
     runs, effects, ignored = read_ledger(cluster.ledger_path)
     killed = cluster.faults.killed()
+    outages = cluster.faults.outages()
+
+    def outage_between(a: Run, b: Run) -> bool:
+        """``a`` ran into a broker outage that began before ``b`` started: its heartbeats
+        failed, so its lease could expire and be recovered (the rerun is a lost lease)."""
+        return any(down <= b.start and (a.end is None or a.end >= down) and a.start <= up
+                   for down, up in outages)
     broker = cluster.broker()
     jobs = all_jobs(broker, tried)
     r = Report(cluster.seed, enqueued_ok=len(ok), enqueue_errors=len(failed),
@@ -340,7 +364,9 @@ def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Repo
             r.recovered.append(job_id)
         if job is not None and job_id not in ok and job_id not in failed:
             r.phantom_commits.append(job_id)  # exists, but its producer never learnt it
-    r.phantom_commits = [j for j in r.phantom_commits if not _producer_died(cluster, j)]
+    died = [p for p, proc in cluster.producer_procs.items() if proc.returncode != 0]
+    excused, _, _ = read_produced(died)
+    r.phantom_commits = [j for j in r.phantom_commits if j not in excused]
     r.unexpected = sorted(set(by_job) - set(tried))
     for job_id, rs in by_job.items():
         job = jobs.get(job_id)
@@ -349,13 +375,13 @@ def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Repo
             if a.pid in killed and killed[a.pid] >= a.start and (end is None
                                                                   or killed[a.pid] < end):
                 end = killed[a.pid]  # killed mid-run
-            if end is None or b.start < end:
+            if (end is None or b.start < end) and not outage_between(a, b):
                 r.overlaps.append(f"{job_id}: attempt {a.attempt} pid {a.pid} "
                                   f"[{a.start:.3f}, {a.end}] vs attempt {b.attempt} "
                                   f"started {b.start:.3f}")
         for a, b in itertools.pairwise(rs):
             lost_lease = a.pid in killed and a.start <= killed[a.pid] <= b.start
-            if a.outcome == "fail" or lost_lease:
+            if a.outcome == "fail" or lost_lease or outage_between(a, b):
                 r.explained_reruns += 1
             else:
                 r.unexplained_duplicates.append(
@@ -376,12 +402,20 @@ def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Repo
     r.duplicate_effects = [k for k, n in per_key.items() if n > 1]
     for idem, _key, job_id, attempt, pid in ignored:
         prior = [x for x in by_job.get(job_id, []) if x.attempt < attempt]
-        if any(x.pid in killed and x.outcome != "fail" for x in prior):
+        if any(x.pid in killed and x.outcome != "fail" for x in prior) or (
+                outages and job_id in jobs and (jobs[job_id] or _NOJOB).lost_leases > 0):
             r.deduplicated_effects += 1
         else:
             r.duplicate_effects.append(f"{idem}: effect attempted again by attempt "
                                        f"{attempt} (pid {pid}) without a lost lease")
     return r
+
+
+class _NoJob:
+    lost_leases = 0
+
+
+_NOJOB = _NoJob()
 
 
 def _default_expect(job: Job, runs: list[Run], killed: dict[int, float]) -> bool:
@@ -390,10 +424,6 @@ def _default_expect(job: Job, runs: list[Run], killed: dict[int, float]) -> bool
     if job.status is JobStatus.DEAD and job.dead_reason == "worker_lost":
         return job.lost_leases >= 3 and all(x.pid in killed for x in runs)
     return False
-
-
-def _producer_died(cluster: Cluster, job_id: str) -> bool:
-    return any(job_id in str(e.get("jobs", "")) for e in cluster.faults.entries())
 
 
 def new_seed() -> int:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from chervil import Chervil
+from tests.conftest import POSTGRES_URL, REDIS_URL, postgres_available, redis_available
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -111,3 +113,28 @@ def env(tmp_path: Path) -> Iterator[Callable[..., Env]]:
     yield make
     for e in made:
         e.close()
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh namespace on each broker, removed afterwards."""
+    name = uuid.uuid4().hex[:10]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/sched.db"
+    elif request.param == "redis":
+        redis_available()
+        yield f"{REDIS_URL}?prefix=chervil-sched-{name}"
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(match=f"chervil-sched-{name}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
+    else:
+        postgres_available()
+        yield f"{POSTGRES_URL}?schema=chervil_sched_{name}"
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "chervil_sched_{name}" CASCADE')

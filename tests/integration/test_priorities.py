@@ -13,8 +13,9 @@ from .conftest import Env, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_critical_job_overtakes_a_flood_of_batch_jobs(env: Callable[..., Env]) -> None:
-    e = env()
+def test_critical_job_overtakes_a_flood_of_batch_jobs(env: Callable[..., Env],
+                                                      broker_url: str) -> None:
+    e = env(broker_url=broker_url)
     app = e.app()
     app.enqueue_many([app.tasks["bulk"].prepare(f"b{i}", 0.05) for i in range(200)])
     e.worker("-Q", "critical,batch", "-p", "1", "-t", "2")
@@ -30,8 +31,8 @@ def test_critical_job_overtakes_a_flood_of_batch_jobs(env: Callable[..., Env]) -
     assert batch_before <= started_before + 2, "the urgent job waited behind the flood"
 
 
-def test_weighted_queues_serve_both(env: Callable[..., Env]) -> None:
-    e = env()
+def test_weighted_queues_serve_both(env: Callable[..., Env], broker_url: str) -> None:
+    e = env(broker_url=broker_url)
     app = e.app()
     app.enqueue_many([app.tasks["bulk"].prepare(f"b{i}", 0.0) for i in range(100)]
                      + [app.tasks["urgent"].prepare(f"u{i}") for i in range(100)])

@@ -99,12 +99,7 @@ ORDER BY i.pos;
 -- UPDATE's scan does not run (a one-time filter) and reserve_flow (see
 -- postgres_0002_flow_control.sql) does the work instead, in this same statement.
 WITH flow AS MATERIALIZED (
-    SELECT EXISTS (SELECT 1 FROM {s}.paused_tasks)
-        OR EXISTS (SELECT 1 FROM {s}.jobs AS f
-                   WHERE f.queue = ANY(%(queues)s::text[])
-                     AND f.status IN ('scheduled', 'queued')
-                     AND (f.limit_key IS NOT NULL OR f.rate_key IS NOT NULL)
-                     AND (f.status = 'queued' OR f.run_at <= {now})) AS active
+    SELECT {s}.flow_in_force(%(queues)s::text[], {now}) AS active
 ), plain AS (
     UPDATE {s}.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,

@@ -1,4 +1,5 @@
-"""``python -m bench [--quick] [--reps N] [--only BROKER] [--peers a,b]`` and ``... scale``."""
+"""``python -m bench [--quick] [--reps N] [--only BROKER] [--peers a,b]``, ``... scale`` and
+``... flow --broker B``."""
 
 from __future__ import annotations
 
@@ -17,19 +18,21 @@ from .report import RESULTS, render, summarize
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("mode", nargs="?", default="run", choices=["run", "scale"])
+    p.add_argument("mode", nargs="?", default="run", choices=["run", "scale", "flow"])
     p.add_argument("--quick", action="store_true", help="small N, 1 rep: a smoke run")
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (median; default 3, "
+                   "quick 1)")
     p.add_argument("--only", choices=BROKERS, action="append",
                    help="broker table(s) to run (repeatable); default all")
-    p.add_argument("--broker", choices=BROKERS, help="scale mode: the broker")
+    p.add_argument("--broker", choices=BROKERS, help="scale and flow modes: the broker")
     p.add_argument("--peers", help="comma-separated peers besides chervil "
                    "(huey,celery,dramatiq,rq,taskiq,arq,procrastinate,pgqueuer,raw)")
     p.add_argument("--n-drain", type=int, help="jobs per drain (default 20000, quick 2000)")
     p.add_argument("--n-enqueue", type=int, help="single enqueues (default 10000, quick 1000)")
     p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
     p.add_argument("--latest", action="store_true",
-                   help="also write bench/results/latest-<broker>.json")
+                   help="also write bench/results/latest-<broker>.json "
+                   "(flow: latest-flow-<broker>.json)")
     return p.parse_args(argv)
 
 
@@ -40,6 +43,13 @@ def main(argv: list[str] | None = None) -> None:
 
         run_scale(args)
         return
+    if args.mode == "flow":
+        from .flow import run_flow
+
+        run_flow(args)
+        return
+    if args.reps is None:
+        args.reps = 3
     if args.quick:
         args.reps = 1 if args.reps == 3 else args.reps
     peers = set(args.peers.split(",")) if args.peers else None

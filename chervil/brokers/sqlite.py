@@ -66,8 +66,8 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
     for job_id, limit_key, limit_n, rate_key, rate, burst in rows:
         if limit_key is not None:
             if limit_key not in free:
-                slot = conn.execute(Q["slots"], (limit_key,)).fetchone()
-                free[limit_key] = limit_n - (slot[0] if slot else 0)
+                running = conn.execute(Q["running_for_key"], (limit_key,)).fetchone()[0]
+                free[limit_key] = limit_n - running
             if free[limit_key] <= 0:
                 continue
         if rate_key is not None:

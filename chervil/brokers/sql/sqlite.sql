@@ -1,7 +1,7 @@
 -- Statements of the SQLite broker (chervil/brokers/sqlite.py). Every write runs inside
 -- BEGIN IMMEDIATE ... COMMIT, so each verb is one atomic transaction.
 -- Tables: chervil_jobs, chervil_queues, chervil_workers, chervil_leases, chervil_unique,
--- chervil_slots, chervil_buckets, chervil_paused_tasks, chervil_schedule_marks.
+-- chervil_buckets, chervil_paused_tasks, chervil_schedule_marks.
 
 -- name: insert_job
 INSERT OR IGNORE INTO chervil_jobs
@@ -54,8 +54,10 @@ RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lo
 SELECT id, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
 WHERE status = 'queued' AND queue = ?1
   AND task NOT IN (SELECT task FROM chervil_paused_tasks)
-  AND (limit_key IS NULL
-       OR limit_key NOT IN (SELECT key FROM chervil_slots WHERE running >= max))
+  AND (limit_key IS NULL OR limit_key NOT IN (
+       SELECT limit_key FROM chervil_jobs INDEXED BY chervil_jobs_limits
+       WHERE status = 'running' AND limit_key IS NOT NULL
+       GROUP BY limit_key HAVING COUNT(*) >= MAX(limit_n)))
   AND (rate_key IS NULL OR rate_key NOT IN (
        SELECT key FROM chervil_buckets WHERE tokens + (?2 - updated_at) * rate < 1))
 ORDER BY priority DESC, run_at, id LIMIT ?3;
@@ -65,13 +67,14 @@ ORDER BY priority DESC, run_at, id LIMIT ?3;
 UPDATE chervil_jobs
 SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_until = ?,
     started_at = ?, worker = ?
-WHERE status = 'queued' AND id IN (?)
+WHERE +status = 'queued' AND id IN (?)
 RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
     lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
 
--- name: slots
-SELECT running, max FROM chervil_slots WHERE key = ?;
+-- name: running_for_key
+SELECT COUNT(*) FROM chervil_jobs INDEXED BY chervil_jobs_limits
+WHERE status = 'running' AND limit_key IS NOT NULL AND limit_key = ?;
 
 -- name: bucket
 SELECT tokens, updated_at FROM chervil_buckets WHERE key = ?;
@@ -108,9 +111,10 @@ SET status = 'succeeded', finished_at = ?, lease_until = NULL, result = ?,
 WHERE id = ? AND lease_token = ? AND status = 'running';
 
 -- name: finish_succeeded_many
--- "(?)" is widened to one placeholder per id by the broker.
+-- "(?)" is widened to one placeholder per id by the broker; the unary "+" keeps the
+-- planner on the primary key (the status indexes would scan every running job).
 UPDATE chervil_jobs SET status = 'succeeded', finished_at = ?, lease_until = NULL
-WHERE lease_token = ? AND status = 'running' AND id IN (?)
+WHERE +lease_token = ? AND +status = 'running' AND id IN (?)
 RETURNING id;
 
 -- name: finish_retry

@@ -125,8 +125,10 @@ CREATE FUNCTION reserve_flow(p_queues text[], p_limit integer, p_worker text,
 RETURNS SETOF jobs
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET jit = off
 AS $$
 DECLARE
+    paused text[];
     c_ids text[]; c_lk text[]; c_ln integer[]; c_rk text[];
     c_rate double precision[]; c_burst double precision[];
     l_keys text[]; l_run bigint[];
@@ -136,7 +138,9 @@ DECLARE
     got text[];
     i integer; k integer; b integer;
 BEGIN
-    -- 1. tentative picks
+    -- 1. tentative picks (paused tasks as an array: a plain filter on the index scan,
+    --    which then stops at the LIMIT, where a join would read every waiting job)
+    SELECT COALESCE(array_agg(task), ARRAY[]::text[]) INTO paused FROM paused_tasks;
     WITH run AS MATERIALIZED (
         SELECT r.limit_key AS key, count(*) AS n FROM jobs AS r
         WHERE r.status = 'running' AND r.limit_key IS NOT NULL
@@ -149,7 +153,7 @@ BEGIN
             FROM jobs AS w
             WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
               AND (w.status = 'queued' OR w.run_at <= p_now)
-              AND NOT EXISTS (SELECT 1 FROM paused_tasks AS p WHERE p.task = w.task)
+              AND NOT w.task = ANY(paused)
               AND (w.limit_key IS NULL OR NOT EXISTS (
                    SELECT 1 FROM run WHERE run.key = w.limit_key AND run.n >= w.limit_n))
               AND (w.rate_key IS NULL OR NOT EXISTS (

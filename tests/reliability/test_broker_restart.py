@@ -222,7 +222,7 @@ def test_postgres_outage_through_a_cut_proxy(tmp_path: Path) -> None:
             c.faults.record("broker_up", "proxy", [])
         for p in producers:
             p.wait(timeout=60)
-        report, ok, failed = drain_and_check(c)
+        report, ok, failed = drain_and_check(c, timeout=20.0)
         where = f"seed {seed}; logs in {tmp_path}"
         assert report.violations() == {}, where  # type: ignore[attr-defined]
         assert len(ok) > 300, where

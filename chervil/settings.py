@@ -35,6 +35,8 @@ class Settings:
     unknown_task_wait_seconds: float = 300.0
     # the app database holding the outbox, for transactional enqueue with Redis ("": none)
     outbox_url: str = ""
+    # a broker call stuck this long (a silent network, a driver hang) restarts the child
+    broker_stall_seconds: float = 60.0
     # cron: the scheduler lease (a dead scheduler is replaced within this time)
     scheduler_lease_seconds: float = 10.0
 

@@ -66,6 +66,7 @@ from .base import (
     QueueStats,
     WorkerInfo,
 )
+from .deadline import Deadlines
 from .postgres_setup import PostgresOptions, migrate, migrate_connection, parse_url
 from .sqlfile import load_queries
 
@@ -108,6 +109,7 @@ class PostgresBroker(Broker):
         self._pid = os.getpid()
         self._local = threading.local()
         self._listeners: list[psycopg.Connection[Any]] = []
+        self._deadlines = Deadlines(self.options.call_timeout, "PostgreSQL")
 
     # -- connections ---------------------------------------------------------------------
     def _pool(self) -> ConnectionPool:
@@ -136,7 +138,7 @@ class PostgresBroker(Broker):
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._pool().connection() as conn:
+            with self._pool().connection() as conn, self._deadlines.guard(conn.fileno()):
                 yield conn
         except PoolTimeout as exc:
             raise BrokerUnavailable(

@@ -31,7 +31,8 @@ from psycopg import sql
 from ..errors import ConfigurationError
 from .sqlfile import migrations
 
-CHERVIL_OPTIONS = ("schema", "allow_insecure", "pool_min", "pool_max", "pool_timeout")
+CHERVIL_OPTIONS = ("schema", "allow_insecure", "pool_min", "pool_max", "pool_timeout",
+                   "call_timeout")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 _MAX_SCHEMA_BYTES = 55  # the wake-up channel "chervil_<schema>" must fit in 63 bytes
@@ -45,11 +46,17 @@ class PostgresOptions:
     pool_min: int = 1
     pool_max: int = 8
     pool_timeout: float = 30.0
+    call_timeout: float = 30.0  # a call without an answer this long is cut (BrokerUnavailable)
 
     @property
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel; the trigger in postgres_0001 builds the same name."""
         return f"chervil_{self.schema}"
+
+
+_NETWORK_DEFAULTS = (("connect_timeout", "10"), ("keepalives", "1"),
+                     ("keepalives_idle", "10"), ("keepalives_interval", "5"),
+                     ("keepalives_count", "3"), ("tcp_user_timeout", "30000"))
 
 
 def _libpq_keywords() -> set[str]:
@@ -66,6 +73,9 @@ def parse_url(url: str) -> PostgresOptions:
         raise ConfigurationError(
             f"unknown PostgreSQL URL option(s) {unknown}; chervil's are "
             f"{', '.join(CHERVIL_OPTIONS)}, the rest must be libpq connection parameters")
+    # Detect a dead server or a silent network within seconds, unless the URL says otherwise.
+    given = {k for k, _ in theirs}
+    theirs += [(k, v) for k, v in _NETWORK_DEFAULTS if k not in given]
     query = urlencode(theirs)  # (urlunsplit would turn postgresql:///db into postgresql:/db)
     conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     schema = ours.get("schema", "chervil")
@@ -80,7 +90,8 @@ def parse_url(url: str) -> PostgresOptions:
         opts = PostgresOptions(
             conninfo=conninfo, schema=schema, allow_insecure=flag in _TRUE,
             pool_min=int(ours.get("pool_min", 1)), pool_max=int(ours.get("pool_max", 8)),
-            pool_timeout=float(ours.get("pool_timeout", 30.0)))
+            pool_timeout=float(ours.get("pool_timeout", 30.0)),
+            call_timeout=float(ours.get("call_timeout", 30.0)))
     except ValueError as exc:
         raise ConfigurationError(f"PostgreSQL URL option is not a number: {exc}") from None
     if not 0 <= opts.pool_min <= opts.pool_max or opts.pool_max < 1:

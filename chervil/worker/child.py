@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from ..app import Chervil
 from ..brokers.base import Lease, Outcome, WorkerInfo
@@ -33,6 +34,7 @@ log = logging.getLogger("chervil.worker")
 
 UNKNOWN_TASK_RETRY_SECONDS = 5.0
 FINISH_BATCH = 500
+STALLED_EXIT = 75
 
 
 class Child:
@@ -66,6 +68,7 @@ class Child:
         self._done = 0
         self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0}
         self._live_tasks: tuple[float, set[str]] = (0.0, set())
+        self._calls: dict[int, tuple[str, float]] = {}  # thread -> (broker call, start)
 
     # -- control --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -87,7 +90,9 @@ class Child:
                                     daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="chervil-heartbeat",
                                      daemon=True)
-        for t in (*executors, finisher, heartbeat):
+        watchdog = threading.Thread(target=self._watchdog_loop, name="chervil-watchdog",
+                                    daemon=True)
+        for t in (*executors, finisher, heartbeat, watchdog):
             t.start()
         self._announce()
         try:
@@ -110,8 +115,9 @@ class Child:
             if outcomes:
                 _before_finish(outcomes)
             try:
-                accepted, jobs = self.broker.finish_and_reserve(
-                    outcomes, self.queues.order(), free, self.id, self.lease_seconds)
+                with self._in_broker("fetch"):
+                    accepted, jobs = self.broker.finish_and_reserve(
+                        outcomes, self.queues.order(), free, self.id, self.lease_seconds)
                 if backoff:
                     log.warning("broker reachable again; resuming")
                     backoff = 0.0
@@ -142,7 +148,8 @@ class Child:
                 if self._pending:
                     self._flush.notify()  # the finisher records them meanwhile
             try:
-                self.broker.wait(self.queues.names, self.poll_seconds)
+                with self._in_broker("wait", extra=self.poll_seconds):
+                    self.broker.wait(self.queues.names, self.poll_seconds)
             except Exception as exc:
                 backoff = self._broker_down(exc, backoff)
             finally:
@@ -248,7 +255,8 @@ class Child:
         delay = 0.05
         while True:
             try:
-                return self.broker.finish(batch)
+                with self._in_broker("finish"):
+                    return self.broker.finish(batch)
             except Exception as exc:
                 log.warning("could not record %d outcome(s) (%s: %s); retrying in %.1f s",
                             len(batch), type(exc).__name__, exc, delay)
@@ -277,6 +285,35 @@ class Child:
                                 outcome.error.message if outcome.error else "")
         self.reporter.done([o.job_id for o in batch])
 
+    # -- watchdog -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _in_broker(self, what: str, extra: float = 0.0) -> Iterator[None]:
+        """Mark a broker call in progress, so the heartbeat can spot one that never ends."""
+        key = threading.get_ident()
+        self._calls[key] = (what, time.monotonic() + extra)
+        try:
+            yield
+        finally:
+            self._calls.pop(key, None)
+
+    def _watchdog_loop(self) -> None:
+        interval = min(5.0, self.app.settings.broker_stall_seconds / 4)
+        while not self._stopping.wait(interval):
+            self._check_stalls()
+
+    def _check_stalls(self) -> None:
+        """A call stuck past ``broker_stall_seconds`` (a silent network, a driver that
+        never returns) would leave this child taking no jobs for ever: exit, and let the
+        supervisor replace the child and hand its jobs back."""
+        limit = self.app.settings.broker_stall_seconds
+        now = time.monotonic()
+        for what, started in list(self._calls.values()):
+            if now - started > limit:
+                log.error("broker call %r stuck for %.0f s: restarting this worker child",
+                          what, now - started)
+                logging.shutdown()
+                os._exit(STALLED_EXIT)
+
     # -- heartbeat ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.lease_seconds / 3)
@@ -285,11 +322,12 @@ class Child:
             try:
                 with self._cond:
                     leases = [Lease(j.id, j.lease_token or "") for j in self._held.values()]
-                lost = self.broker.extend(leases, self.lease_seconds)
+                with self._in_broker("heartbeat"):
+                    lost = self.broker.extend(leases, self.lease_seconds)
+                    self._announce()
+                    self.broker.recover()
                 for job_id in lost:
                     log.warning("job %s: lease lost (expired and recovered elsewhere)", job_id)
-                self._announce()
-                self.broker.recover()
                 now = time.monotonic()
                 if now - last_prune > 600:
                     last_prune = now

@@ -189,11 +189,6 @@ class Proxy:
         self.cut()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PostgreSQL broker: after connections are cut, a worker child's fetcher blocks for "
-    "ever in Connection.wait inside finish_and_reserve (chervil/brokers/postgres.py:293): "
-    "no client-side timeout (tcp_user_timeout / keepalives / a deadline on the pipeline), "
-    "so the worker stops taking jobs while the broker is reachable again"))
 @pytest.mark.timeout(180)
 def test_postgres_outage_through_a_cut_proxy(tmp_path: Path) -> None:
     from tests.conftest import postgres_available
@@ -208,7 +203,9 @@ def test_postgres_outage_through_a_cut_proxy(tmp_path: Path) -> None:
     seed = new_seed()
     rng = random.Random(seed)
     name = f"out{seed}"
-    url = f"postgresql://{target.hostname}:{proxy.port}{target.path}?schema=chervil_rel_{name}"
+    url = (f"postgresql://{target.hostname}:{proxy.port}{target.path}"
+           f"?schema=chervil_rel_{name}&call_timeout=5")
+    # A call left hanging by the cut is abandoned after 5 s (call_timeout), and retried.
     c = Cluster(tmp_path, url, seed)
     try:
         ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]

@@ -49,11 +49,12 @@ print("RETURNED", flush=True)
 
 # Added to chervil/faults.py after these tests were written (the outbox relay); not
 # exercised here yet. A point added later still fails the coverage test below.
-NOT_YET_COVERED = {"relay_enqueued"}
+# relay_enqueued: tests/integration/test_transactional.py crashes the outbox relay there.
+COVERED_ELSEWHERE = {"relay_enqueued"}
 
 
 def test_points_are_all_covered() -> None:
-    assert set(WORKER_POINTS) | {"after_commit", "scheduler_tick"} | NOT_YET_COVERED == POINTS
+    assert set(WORKER_POINTS) | {"after_commit", "scheduler_tick"} | COVERED_ELSEWHERE == POINTS
 
 
 def test_worker_and_producer_crash_points(backend: Backend, tmp_path: Path) -> None:

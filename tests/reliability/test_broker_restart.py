@@ -14,12 +14,14 @@ the checker's zeros.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -119,6 +121,87 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
     finally:
         c.close()
         server.kill()
+
+
+# -- PostgreSQL: a private server stopped with -m immediate and started again ----------
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(PG_BIN.glob(f"*/bin/{name}")) if PG_BIN.exists() else []
+    return str(found[-1]) if found else shutil.which(name)
+
+
+class PostgresServer:
+    """Our own PostgreSQL (initdb in the test's folder, run as the postgres user when we
+    are root), so it can be stopped hard without touching the shared server."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp / "pgdata"
+        self.sock = tmp / "pgsock"
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+        self.pg_ctl = pg_ctl
+        self.sock.mkdir()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # postgres refuses to run as root
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(tmp, "postgres")
+            shutil.chown(self.sock, "postgres")
+        subprocess.run([*self.prefix, initdb, "-D", str(self.dir), "-A", "trust", "-U",
+                        "postgres", "--no-sync"], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=on"
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.dir), "-o", opts, "-w",
+                        "-l", str(self.dir.parent / "pg.log"), "start"], check=True,
+                       capture_output=True, timeout=120)
+
+    def stop_immediate(self) -> None:
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.dir), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+
+    def url(self, schema: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema={schema}"
+
+
+@pytest.mark.timeout(240)
+def test_postgres_stopped_immediately_and_restarted_under_load(tmp_path: Path) -> None:
+    from tests.conftest import postgres_available
+
+    postgres_available()  # the driver
+    # outside pytest's folder, which the postgres user may not enter
+    work = Path(tempfile.mkdtemp(prefix="chervil-pg-"))
+    server = PostgresServer(work)
+    server.start()
+    seed = new_seed()
+    rng = random.Random(seed)
+    c = Cluster(tmp_path, server.url("chervil_restart") + "&call_timeout=10", seed)
+    try:
+        ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]
+        producers = load(c, 16)
+        for _ in range(2):
+            time.sleep(rng.uniform(2.0, 3.0))
+            c.faults.record("broker_down", "postgres -m immediate", [])
+            server.stop_immediate()
+            time.sleep(rng.uniform(1.0, 3.0))
+            server.start()
+            c.faults.record("broker_up", "postgres", [])
+        for p in producers:
+            p.wait(timeout=90)
+        report, ok, failed = drain_and_check(c)
+        where = f"seed {seed}; logs in {tmp_path}"
+        assert report.violations() == {}, where  # type: ignore[attr-defined]
+        assert len(ok) > 300, where
+        assert all(w.poll() is None for w in ws), where
+        assert "died with exit code" not in c.log_text(), where
+        print(f"  enqueue raised during outages: {len(failed)}")
+    finally:
+        c.close()
+        server.stop_immediate()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- PostgreSQL through a proxy we can cut ---------------------------------------------

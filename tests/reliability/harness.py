@@ -335,6 +335,11 @@ def all_jobs(broker: Broker, ids: Iterable[str]) -> dict[str, Job | None]:
     return {i: broker.get(i) for i in ids}
 
 
+# The fault log is written just before the signal is sent, so a run may start in the
+# instant between: a kill logged this long before a run's start still cut that run.
+KILL_SLACK = 1.0
+
+
 def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Report:
     """Classify every job of the run. ``expect(job)``: is this terminal state correct?
     (default: succeeded, or dead ``worker_lost`` after max lost leases to faults)."""
@@ -375,15 +380,16 @@ def check(cluster: Cluster, expect: Callable[[Job], bool] | None = None) -> Repo
         job = jobs.get(job_id)
         for a, b in itertools.pairwise(rs):
             end = a.end
-            if a.pid in killed and killed[a.pid] >= a.start and (end is None
-                                                                  or killed[a.pid] < end):
-                end = killed[a.pid]  # killed mid-run
+            if a.pid in killed and killed[a.pid] >= a.start - KILL_SLACK and (
+                    end is None or killed[a.pid] < end):
+                end = max(a.start, killed[a.pid])  # killed mid-run
             if (end is None or b.start < end) and not outage_between(a, b):
                 r.overlaps.append(f"{job_id}: attempt {a.attempt} pid {a.pid} "
                                   f"[{a.start:.3f}, {a.end}] vs attempt {b.attempt} "
                                   f"started {b.start:.3f}")
         for a, b in itertools.pairwise(rs):
-            lost_lease = a.pid in killed and a.start <= killed[a.pid] <= b.start
+            lost_lease = (a.pid in killed
+                          and a.start - KILL_SLACK <= killed[a.pid] <= b.start)
             if a.outcome == "fail" or lost_lease or outage_between(a, b):
                 r.explained_reruns += 1
             else:

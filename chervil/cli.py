@@ -132,6 +132,16 @@ def _job_line(v: JobView) -> str:
             f"attempts {j.attempts}/{j.max_attempts}{err}")
 
 
+def _list(views: list[JobView], as_json: bool, empty: str) -> None:
+    if as_json:
+        _echo_json([v.to_dict() for v in views])
+        return
+    for v in views:
+        click.echo(_job_line(v))
+    if not views:
+        click.echo(empty)
+
+
 @cli.command()
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]))
 @click.option("--queue")
@@ -142,14 +152,8 @@ def _job_line(v: JobView) -> str:
 def jobs(c: Context, status: str | None, queue: str | None, task: str | None, limit: int,
          as_json: bool) -> None:
     """List jobs, newest first."""
-    views = c.admin.jobs(JobStatus(status) if status else None, queue, task, limit)
-    if as_json:
-        _echo_json([v.to_dict() for v in views])
-        return
-    for v in views:
-        click.echo(_job_line(v))
-    if not views:
-        click.echo("no jobs match")
+    _list(c.admin.jobs(JobStatus(status) if status else None, queue, task, limit), as_json,
+          "no jobs match")
 
 
 @cli.command()
@@ -160,14 +164,8 @@ def jobs(c: Context, status: str | None, queue: str | None, task: str | None, li
 @pass_ctx
 def dead(c: Context, queue: str | None, task: str | None, limit: int, as_json: bool) -> None:
     """List the dead-letter queue: jobs that ran out of tries or could not run."""
-    views = c.admin.jobs(JobStatus.DEAD, queue, task, limit)
-    if as_json:
-        _echo_json([v.to_dict() for v in views])
-        return
-    for v in views:
-        click.echo(_job_line(v))
-    if not views:
-        click.echo("the dead-letter queue is empty")
+    _list(c.admin.jobs(JobStatus.DEAD, queue, task, limit), as_json,
+          "the dead-letter queue is empty")
 
 
 @cli.command()

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,30 @@ def drain_and_check(c: Cluster, timeout: float = 90.0) -> tuple[object, set[str]
 def load(c: Cluster, seconds: float, rate: float = 20.0) -> list[subprocess.Popen[bytes]]:
     return [c.producer(f"p{i}-{time.monotonic_ns()}", int(rate * seconds), rate,
                        batch=1 if i == 0 else 4) for i in range(2)]
+
+
+def outages_under_load(c: Cluster, rng: random.Random, rounds: int, what: str,
+                       down: Callable[[], object], up: Callable[[], object],
+                       where: str, drain_timeout: float = 90.0) -> None:
+    """Two workers and two producers; take the broker down and up ``rounds`` times; then
+    every job must end right, and the workers must have carried on by themselves."""
+    ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]
+    producers = load(c, 16)
+    for _ in range(rounds):
+        time.sleep(rng.uniform(2.0, 3.0))
+        c.faults.record("broker_down", what, [])
+        down()
+        time.sleep(rng.uniform(1.0, 3.0))
+        up()
+        c.faults.record("broker_up", what, [])
+    for p in producers:
+        p.wait(timeout=90)
+    report, ok, failed = drain_and_check(c, timeout=drain_timeout)
+    assert report.violations() == {}, where  # type: ignore[attr-defined]
+    assert len(ok) > 300, where
+    assert all(w.poll() is None for w in ws), where
+    assert "died with exit code" not in c.log_text(), where
+    print(f"  enqueue raised during outages: {len(failed)}")
 
 
 # -- Redis -----------------------------------------------------------------------------
@@ -99,25 +124,8 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
     rng = random.Random(seed)
     c = Cluster(tmp_path, f"redis://127.0.0.1:{server.port}/0?prefix=rr", seed)
     try:
-        ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]
-        producers = load(c, 16)
-        for _ in range(3):
-            time.sleep(rng.uniform(2.0, 3.0))
-            assert server.proc is not None
-            c.faults.record("broker_down", "redis-server", [server.proc.pid])
-            server.kill()
-            time.sleep(rng.uniform(1.0, 3.0))
-            server.start()
-            c.faults.record("broker_up", "redis-server", [])
-        for p in producers:
-            p.wait(timeout=60)
-        report, ok, failed = drain_and_check(c)
-        where = f"seed {seed}; logs in {tmp_path}"
-        assert report.violations() == {}, where  # type: ignore[attr-defined]
-        assert len(ok) > 300, where
-        assert all(w.poll() is None for w in ws), where
-        assert "died with exit code" not in c.log_text(), where
-        print(f"  enqueue raised during outages: {len(failed)}")
+        outages_under_load(c, rng, 3, "redis-server", server.kill, server.start,
+                           f"seed {seed}; logs in {tmp_path}")
     finally:
         c.close()
         server.kill()
@@ -180,24 +188,8 @@ def test_postgres_stopped_immediately_and_restarted_under_load(tmp_path: Path) -
     rng = random.Random(seed)
     c = Cluster(tmp_path, server.url("chervil_restart") + "&call_timeout=10", seed)
     try:
-        ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]
-        producers = load(c, 16)
-        for _ in range(2):
-            time.sleep(rng.uniform(2.0, 3.0))
-            c.faults.record("broker_down", "postgres -m immediate", [])
-            server.stop_immediate()
-            time.sleep(rng.uniform(1.0, 3.0))
-            server.start()
-            c.faults.record("broker_up", "postgres", [])
-        for p in producers:
-            p.wait(timeout=90)
-        report, ok, failed = drain_and_check(c)
-        where = f"seed {seed}; logs in {tmp_path}"
-        assert report.violations() == {}, where  # type: ignore[attr-defined]
-        assert len(ok) > 300, where
-        assert all(w.poll() is None for w in ws), where
-        assert "died with exit code" not in c.log_text(), where
-        print(f"  enqueue raised during outages: {len(failed)}")
+        outages_under_load(c, rng, 2, "postgres -m immediate", server.stop_immediate,
+                           server.start, f"seed {seed}; logs in {tmp_path}")
     finally:
         c.close()
         server.stop_immediate()
@@ -291,24 +283,8 @@ def test_postgres_outage_through_a_cut_proxy(tmp_path: Path) -> None:
     # A call left hanging by the cut is abandoned after 5 s (call_timeout), and retried.
     c = Cluster(tmp_path, url, seed)
     try:
-        ws = [c.worker("-p", "1", "-t", "4", "--no-scheduler") for _ in range(2)]
-        producers = load(c, 16)
-        for _ in range(3):
-            time.sleep(rng.uniform(2.0, 3.0))
-            c.faults.record("broker_down", "proxy", [])
-            proxy.cut()
-            time.sleep(rng.uniform(1.0, 3.0))
-            proxy.restore()
-            c.faults.record("broker_up", "proxy", [])
-        for p in producers:
-            p.wait(timeout=60)
-        report, ok, failed = drain_and_check(c, timeout=20.0)
-        where = f"seed {seed}; logs in {tmp_path}"
-        assert report.violations() == {}, where  # type: ignore[attr-defined]
-        assert len(ok) > 300, where
-        assert all(w.poll() is None for w in ws), where
-        assert "died with exit code" not in c.log_text(), where
-        print(f"  enqueue raised during outages: {len(failed)}")
+        outages_under_load(c, rng, 3, "proxy", proxy.cut, proxy.restore,
+                           f"seed {seed}; logs in {tmp_path}", drain_timeout=20.0)
     finally:
         c.close()
         proxy.close()

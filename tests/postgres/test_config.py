@@ -12,14 +12,20 @@ def test_chervil_options_are_taken_out_of_the_libpq_url() -> None:
     opts = parse_url("postgresql://u@127.0.0.1:5432/db?schema=jobs&connect_timeout=3"
                      "&pool_max=4&allow_insecure=false")
     assert opts.schema == "jobs" and opts.pool_max == 4 and not opts.allow_insecure
-    assert opts.conninfo == "postgresql://u@127.0.0.1:5432/db?connect_timeout=3"
+    # the URL's connect_timeout stands; the other network defaults are added
+    assert opts.conninfo == ("postgresql://u@127.0.0.1:5432/db?connect_timeout=3&keepalives=1"
+                             "&keepalives_idle=10&keepalives_interval=5&keepalives_count=3"
+                             "&tcp_user_timeout=30000")
     assert opts.channel == "chervil_jobs"
 
 
 def test_defaults() -> None:
     opts = parse_url("postgres://localhost/db")
     assert (opts.schema, opts.pool_min, opts.pool_max) == ("chervil", 1, 8)
-    assert opts.conninfo == "postgres://localhost/db"
+    assert opts.call_timeout == 30.0
+    assert opts.conninfo == ("postgres://localhost/db?connect_timeout=10&keepalives=1"
+                             "&keepalives_idle=10&keepalives_interval=5&keepalives_count=3"
+                             "&tcp_user_timeout=30000")
 
 
 def test_unknown_option_is_named() -> None:

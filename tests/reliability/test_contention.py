@@ -3,7 +3,7 @@ reader holding long read transactions (which pin the WAL against checkpoints).
 
 Pass: no "database is locked" reaching a producer, a task or a log; zero lost (and the
 checker's other zeros); ``PRAGMA integrity_check`` ok; the WAL file stays bounded.
-``CHERVIL_CONTENTION_SECONDS`` sets the length (default 45 s in CI).
+``CHERVIL_CONTENTION_SECONDS`` sets the length (default 35 s in CI).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .harness import TERMINAL, Cluster, check, new_seed, read_produced, wait_for
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("CHERVIL_CONTENTION_SECONDS", "45"))
+SECONDS = float(os.environ.get("CHERVIL_CONTENTION_SECONDS", "35"))
 WAL_LIMIT = 64 * 2**20
 
 

@@ -19,7 +19,7 @@ from .soak import run_soak
 pytestmark = pytest.mark.slow
 
 # CI tier (the whole reliability run stays near 5 minutes); scripts/soak runs longer
-SECONDS = {"sqlite": 45.0, "redis": 35.0, "postgres": 35.0}
+SECONDS = {"sqlite": 35.0, "redis": 30.0, "postgres": 30.0}
 
 
 @pytest.mark.timeout(300)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import redis
 
 from .configs import PG_URL, REDIS_URL, TMP, _bin, _env
 from .measure import DONE, LAT, DriverError, Lib, Variant, drain, rclient, run_driver
-from .report import RESULTS
+from .report import RESULTS, _median, _spread
 from .venvs import ROOT, project_python
 
 OPTIONS = ("plain", "unique", "lock", "concurrency", "rate")
@@ -151,18 +150,6 @@ def chervil_tree() -> dict[str, Any]:
     return {"head": git("rev-parse", "--short", "HEAD"),
             "changed": git("status", "--porcelain", "--", "chervil").splitlines(),
             "files": files}
-
-
-def _median(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _spread(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    if len(vals) < 2 or not statistics.median(vals):
-        return None
-    return (max(vals) - min(vals)) / statistics.median(vals)
 
 
 def summarize(broker: str, reps: list[dict[str, dict[str, Any]]],

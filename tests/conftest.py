@@ -48,3 +48,21 @@ def postgres_available() -> None:
 @pytest.fixture
 def unique_name() -> Iterator[str]:
     yield "t" + uuid.uuid4().hex[:12]
+
+
+def drop_namespace(kind: str, name: str) -> None:
+    """Remove what a test left on a shared server: the Redis keys under prefix ``name``,
+    or the PostgreSQL schema ``name``. Nothing to do for SQLite (a temp file)."""
+    if kind == "redis":
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(match=f"{name}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
+    elif kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

@@ -14,7 +14,13 @@ import pytest
 from chervil.brokers import open_broker
 from chervil.brokers.base import Broker
 from chervil.clock import FakeClock
-from tests.conftest import POSTGRES_URL, REDIS_URL, postgres_available, redis_available
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_namespace,
+    postgres_available,
+    redis_available,
+)
 
 BACKENDS = ["sqlite", "redis", "postgres"]
 
@@ -35,19 +41,7 @@ def make_broker(kind: str, clock: FakeClock, tmp_path: os.PathLike[str], name: s
 
 def destroy(kind: str, broker: Broker, name: str) -> None:
     broker.close()
-    if kind == "redis":
-        import redis
-
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"chervil-test-{name}*", count=1000))
-        if keys:
-            r.delete(*keys)
-        r.close()
-    elif kind == "postgres":
-        import psycopg
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "chervil_test_{name}" CASCADE')
+    drop_namespace(kind, f"chervil-test-{name}" if kind == "redis" else f"chervil_test_{name}")
 
 
 @pytest.fixture

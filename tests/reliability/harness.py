@@ -60,21 +60,9 @@ def require(kind: str) -> None:
 
 
 def destroy(kind: str, name: str) -> None:
-    from tests.conftest import POSTGRES_URL, REDIS_URL
+    from tests.conftest import drop_namespace
 
-    if kind == "redis":
-        import redis
-
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"chervil-rel-{name}*", count=1000))
-        if keys:
-            r.delete(*keys)
-        r.close()
-    elif kind == "postgres":
-        import psycopg
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "chervil_rel_{name}" CASCADE')
+    drop_namespace(kind, f"chervil-rel-{name}" if kind == "redis" else f"chervil_rel_{name}")
 
 
 # -- faults ----------------------------------------------------------------------------

@@ -23,8 +23,9 @@ is still held, so concurrent producers of one key get exactly one job. A requeue
 whose key another job has taken since is requeued but does not take the key back (it
 holds it again only if the key still names it). Limits and rate limits are enforced by
 ``reserve_flow``, called by the reserve statement only when a task is paused or a ready
-job of the queues asked for carries a limit or rate key; it locks the ``slots`` and
-``buckets`` rows of the keys it may admit (key order), counts running jobs per key from
+job of the queues asked for carries a limit or rate key (postgres_0003_flow_skip_locked.sql);
+it locks its picks with SKIP LOCKED, so concurrent reserves take different jobs, then the
+``slots`` and ``buckets`` rows of their keys (key order), counts running jobs per key from
 ``jobs`` with a fresh snapshot, and admits within the free slots and tokens, all in the
 reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
 recover free a slot by leaving ``running`` and take no lock for it.
@@ -75,6 +76,12 @@ __all__ = ["PostgresBroker", "from_url", "migrate"]
 _NOW = sql.SQL("COALESCE(%(now)s::float8, extract(epoch FROM statement_timestamp())::float8)")
 _FILTERS = {"status": sql.SQL("status = %(status)s"), "queue": sql.SQL("queue = %(queue)s"),
             "task": sql.SQL("task = %(task)s"), "before_id": sql.SQL("id < %(before_id)s")}
+# Reserve's plan must walk jobs_waiting in its order and stop at the LIMIT. When the
+# statistics say few jobs wait (a new table, or a burst after a quiet hour: finished rows
+# dominate), the planner prefers scanning every waiting job of the queue through another
+# index and sorting them: 20 ms instead of 0.3 ms at 20,000 waiting, growing with the
+# backlog. Sorting is made the last resort for the reserve's transaction only.
+_RESERVE_PLAN = b"SET LOCAL enable_sort = off"
 _LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
                   "(crashed, killed or hung)").to_json()
 
@@ -210,8 +217,11 @@ class PostgresBroker(Broker):
                     results = self._enqueue_on(connection, send, params)
             else:
                 results = self._enqueue_on(connection, send, params)
-        else:
-            with self._conn() as conn, conn.transaction():
+        elif any(j.unique_key is not None for j in send):
+            with self._conn() as conn, conn.pipeline(), conn.transaction():
+                results = self._enqueue_on(conn, send, params)
+        else:  # one statement in autocommit: atomic by itself, one round trip
+            with self._conn() as conn:
                 results = self._enqueue_on(conn, send, params)
         out = []
         for i in range(len(jobs)):
@@ -249,9 +259,13 @@ class PostgresBroker(Broker):
                 lease_seconds: float) -> list[Job]:
         if limit <= 0 or not queues:
             return []
-        rows = self._rows("reserve", **self._reserve_params(queues, limit, worker,
-                                                           lease_seconds))
-        return self._reserved(rows, queues)
+        params = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
+        with self._conn() as conn:
+            cur = conn.cursor()
+            with conn.pipeline(), conn.transaction():
+                conn.execute(_RESERVE_PLAN)
+                cur.execute(self._q["reserve"], params)
+            return self._reserved(cur.fetchall(), queues)
 
     @staticmethod
     def _reserve_params(queues: Sequence[str], limit: int, worker: str,
@@ -294,6 +308,7 @@ class PostgresBroker(Broker):
             fcur, rcur = conn.cursor(), conn.cursor()
             with conn.pipeline(), conn.transaction():
                 fcur.execute(self._q["finish"], fparams)
+                conn.execute(_RESERVE_PLAN)
                 rcur.execute(self._q["reserve"], rparams)
             return (self._finished(outcomes, fcur.fetchall()),
                     self._reserved(rcur.fetchall(), queues))

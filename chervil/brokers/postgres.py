@@ -30,9 +30,10 @@ it locks its picks with SKIP LOCKED, so concurrent reserves take different jobs,
 reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
 recover free a slot by leaving ``running`` and take no lock for it.
 
-Round trips per call: enqueue 1 (two statements pipelined when the batch has unique
-keys), reserve 1, finish 1, finish_and_reserve 1 (two statements pipelined in one
-transaction), extend/release/recover 1, prune 1 per batch, every other verb 1.
+Round trips per call: enqueue 1 (a plain insert when no job of the batch has a unique,
+limit or rate key; two statements pipelined when the batch has unique keys), reserve 1,
+finish 1, finish_and_reserve 1 (two statements pipelined in one transaction),
+extend/release/recover 1, prune 1 per batch, every other verb 1.
 ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside its open
 transaction and never commits (in autocommit mode it wraps its statements in one
 transaction of their own).
@@ -199,17 +200,11 @@ class PostgresBroker(Broker):
             ids=[j.id for j in send], tasks=[j.task for j in send],
             queues=[j.queue for j in send], priorities=[j.priority for j in send],
             payloads=[j.payload for j in send], max_attempts=[j.max_attempts for j in send],
-            run_ats=[j.run_at for j in send], unique_keys=[j.unique_key for j in send],
-            versions=[j.task_version for j in send],
-            traces=[json.dumps(j.trace) if j.trace else None for j in send],
-            unique_modes=[j.unique_mode for j in send],
-            unique_untils=[j.unique_until for j in send],
-            limit_keys=[j.limit_key for j in send],
-            limit_ns=[j.limit_n if j.limit_key is not None else None for j in send],
-            rate_keys=[j.rate_key for j in send],
-            rates=[float(j.rate_per_second) if j.rate_key is not None else None
-                   for j in send],
-            bursts=[float(j.rate_burst) if j.rate_key is not None else None for j in send])
+            run_ats=[j.run_at for j in send], versions=[j.task_version for j in send],
+            traces=[json.dumps(j.trace) if j.trace else None for j in send])
+        if not all(j.unique_key is None and j.limit_key is None and j.rate_key is None
+                   for j in send):
+            params.update(self._flow_params(send))
         if connection is not None:
             self._pool()  # the schema exists before the caller's transaction uses it
             if connection.autocommit:  # the key locks must last until the jobs commit
@@ -230,9 +225,27 @@ class PostgresBroker(Broker):
             out.append(res if origin[rep] == i else Enqueued(res.id, duplicate=True))
         return out
 
+    @staticmethod
+    def _flow_params(send: list[NewJob]) -> dict[str, Any]:
+        """The arrays of unique, limit and rate keys (the plain enqueue needs none)."""
+        return {
+            "unique_keys": [j.unique_key for j in send],
+            "unique_modes": [j.unique_mode for j in send],
+            "unique_untils": [j.unique_until for j in send],
+            "limit_keys": [j.limit_key for j in send],
+            "limit_ns": [j.limit_n if j.limit_key is not None else None for j in send],
+            "rate_keys": [j.rate_key for j in send],
+            "rates": [float(j.rate_per_second) if j.rate_key is not None else None
+                   for j in send],
+            "bursts": [float(j.rate_burst) if j.rate_key is not None else None for j in send]}
+
     def _enqueue_on(self, conn: psycopg.Connection[Any], send: list[NewJob],
                     params: dict[str, Any]) -> list[Enqueued]:
         cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may use another
+        if "unique_keys" not in params:  # no unique, limit or rate key in the batch
+            cur.execute(self._q["enqueue_plain"], params)
+            added = {r[0] for r in cur.fetchall()}
+            return [Enqueued(j.id, duplicate=j.id not in added) for j in send]
         if any(j.unique_key is not None for j in send):
             # Two statements, one round trip: lock the keys, then enqueue with a snapshot
             # taken after the locks (see lock_unique in postgres.sql).

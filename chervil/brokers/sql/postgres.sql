@@ -20,6 +20,25 @@ WHERE k IS NOT NULL
 ORDER BY 1
 ON CONFLICT (key) DO UPDATE SET mode = u.mode;
 
+-- name: enqueue_plain
+-- enqueue for a batch with no unique, limit or rate key: a plain insert, returning the ids
+-- it added (an id that exists is skipped: the job was enqueued before).
+INSERT INTO {s}.jobs (id, task, queue, priority, payload, status, max_attempts, created_at,
+                      run_at, task_version, trace)
+SELECT i.id, i.task, i.queue, i.priority, i.payload,
+       CASE WHEN COALESCE(i.run_at, t.now) > t.now THEN 'scheduled' ELSE 'queued' END,
+       i.max_attempts, t.now, COALESCE(i.run_at, t.now), i.task_version, i.trace::jsonb
+FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[],
+            %(priorities)s::integer[], %(payloads)s::bytea[], %(max_attempts)s::integer[],
+            %(run_ats)s::float8[], %(versions)s::text[], %(traces)s::text[])
+        WITH ORDINALITY
+        AS i(id, task, queue, priority, payload, max_attempts, run_at, task_version, trace,
+             pos),
+     (SELECT {now} AS now) AS t
+ORDER BY i.pos
+ON CONFLICT DO NOTHING
+RETURNING id;
+
 -- name: enqueue
 -- Insert every new job whose unique key is not held (held: by a job still waiting in
 -- mode "queued", waiting or running in mode "active", or until ``until`` in mode

@@ -403,6 +403,7 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--report-fd", type=int, default=-1)
+    parser.add_argument("--table-fd", type=int, default=-1)
     parser.add_argument("--burst", action="store_true")
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--grace", type=float, default=30.0)
@@ -414,7 +415,8 @@ def child_main(argv: list[str] | None = None) -> int:
     app = load_app(ns.app)
     child = Child(app, QueueSpec.parse(ns.queues), ns.threads, worker_id=ns.worker_id,
                   burst=ns.burst, max_jobs=ns.max_jobs, grace_seconds=ns.grace,
-                  reporter=Reporter(ns.report_fd if ns.report_fd >= 0 else None))
+                  reporter=Reporter(ns.report_fd if ns.report_fd >= 0 else None,
+                                    ns.table_fd if ns.table_fd >= 0 else None))
     child.install_signal_handlers()
     code = child.run()
     app.close()

@@ -1,9 +1,10 @@
 """The supervisor: starts ``-p`` children, enforces hard time limits, replaces the dead.
 
-It reads each child's report pipe (``report.py``) so it always knows which jobs a child
-holds and which it has started. When a job overruns its ``timeout`` the supervisor kills
-that child, fails the job with ``time_limit`` (its retry policy decides what next) and
-hands the child's other jobs back at once without spending an attempt. When a child
+It reads each child's report pipe and started-jobs table (``report.py``) so it always
+knows which jobs a child holds and which it has started. When a job overruns its
+``timeout`` the supervisor kills that child, fails the job with ``time_limit`` (its retry
+policy decides what next) and hands the child's other jobs back at once without spending
+an attempt. When a child
 dies on its own, the job it was running counts a lost lease at once, and the rest are
 handed back.
 
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from ..job import DeadReason, ErrorInfo
 from ..runner import failure
 from ..schedule import Scheduler
 from .queues import QueueSpec
+from .report import StartedTable, table_size
 
 log = logging.getLogger("chervil.worker")
 
@@ -42,9 +45,17 @@ class ChildState:
     proc: subprocess.Popen[bytes]
     fd: int
     buf: bytes = b""
+    table: StartedTable | None = None
     held: dict[str, str] = field(default_factory=dict)  # job id -> lease token
-    started: dict[str, float | None] = field(default_factory=dict)  # job id -> deadline
+    reported: dict[str, float | None] = field(default_factory=dict)  # S lines: id -> deadline
     overrun: str | None = None  # job id it was killed for
+
+    def started(self) -> dict[str, float | None]:
+        """Held jobs the child started -> their hard deadline (None: no limit)."""
+        out = dict(self.reported)
+        if self.table is not None:
+            out.update(self.table.read())
+        return {k: v for k, v in out.items() if k in self.held}
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class Supervisor:
         self.stopping = False
         self.killing = False
         self.exit_code = 0
+        # any task with a hard time limit: look at the started jobs every 50 ms
+        self.time_limits = any(t.options.timeout for t in app.tasks.values())
 
     # -- signals --------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -91,20 +104,24 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         read_fd, write_fd = os.pipe()
         o = self.options
+        with tempfile.TemporaryFile(prefix="chervil-started-") as f:
+            f.truncate(table_size(o.threads))
+            table_fd = os.dup(f.fileno())
         cmd = [sys.executable, "-m", "chervil.worker.child", self.app_path,
                "--queues", str(o.queues), "--threads", str(o.threads),
-               "--worker-id", "", "--report-fd", str(write_fd), "--grace", str(o.grace_seconds),
-               "--log-level", o.log_level]
+               "--worker-id", "", "--report-fd", str(write_fd), "--table-fd", str(table_fd),
+               "--grace", str(o.grace_seconds), "--log-level", o.log_level]
         if o.burst:
             cmd.append("--burst")
         if o.max_jobs_per_child:
             cmd += ["--max-jobs", str(o.max_jobs_per_child)]
         host = socket.gethostname()
         cmd[cmd.index("--worker-id") + 1] = f"{host}:{os.getpid()}:{index}:{time.time():.0f}"
-        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), cwd=os.getcwd())
+        proc = subprocess.Popen(cmd, pass_fds=(write_fd, table_fd), cwd=os.getcwd())
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        state = ChildState(index, proc, read_fd)
+        state = ChildState(index, proc, read_fd, table=StartedTable(table_fd))
+        os.close(table_fd)
         self.children[index] = state
         self.selector.register(read_fd, selectors.EVENT_READ, state)
         log.info("child %d started (pid %d)", index, proc.pid)
@@ -133,18 +150,18 @@ class Supervisor:
             for i in range(0, len(rest) - 1, 2):
                 c.held[rest[i]] = rest[i + 1]
         elif kind == "S" and len(rest) == 2:
-            c.started[rest[0]] = None if rest[1] == "-" else float(rest[1])
+            c.reported[rest[0]] = None if rest[1] == "-" else float(rest[1])
         elif kind == "D":
             for job_id in rest:
                 c.held.pop(job_id, None)
-                c.started.pop(job_id, None)
+                c.reported.pop(job_id, None)
 
     def _check_deadlines(self) -> None:
         now = time.time()
         for c in self.children.values():
             if c.overrun is not None:
                 continue
-            for job_id, deadline in c.started.items():
+            for job_id, deadline in c.started().items():
                 if deadline is not None and now > deadline:
                     log.warning("job %s ran past its time limit: killing child %d (pid %d)",
                                 job_id, c.index, c.proc.pid)
@@ -169,7 +186,7 @@ class Supervisor:
             if rss_mb > cap:
                 log.warning("child %d (pid %d) uses %.0f MB, over --max-memory-per-child "
                             "%.0f MB: killing it (running: %s)", c.index, c.proc.pid, rss_mb,
-                            cap, ", ".join(c.started) or "nothing")
+                            cap, ", ".join(c.started()) or "nothing")
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
 
@@ -178,17 +195,19 @@ class Supervisor:
         self.selector.unregister(c.fd)
         os.close(c.fd)
         del self.children[c.index]
+        started = c.started()
+        if c.table is not None:
+            c.table.close()
         code = c.proc.returncode
         broker = self.app.broker
         try:
             if c.overrun is not None:
                 self._fail_time_limit(c.overrun, c.held.get(c.overrun, ""))
                 c.held.pop(c.overrun, None)
-                c.started.pop(c.overrun, None)
                 broker.release([Lease(i, t) for i, t in c.held.items()])
             elif c.held:
-                lost = [Lease(i, t) for i, t in c.held.items() if i in c.started]
-                unstarted = [Lease(i, t) for i, t in c.held.items() if i not in c.started]
+                lost = [Lease(i, t) for i, t in c.held.items() if i in started]
+                unstarted = [Lease(i, t) for i, t in c.held.items() if i not in started]
                 if lost:
                     broker.recover(lost)
                 if unstarted:
@@ -239,13 +258,17 @@ class Supervisor:
             self._spawn(i)
         log.info("worker started: %d process(es) x %d thread(s), queues %s",
                  self.options.processes, self.options.threads, self.options.queues)
+        looked = 0.0
         while self.children:
-            timeout = 0.05 if any(d is not None for c in self.children.values()
-                                  for d in c.started.values()) else 0.5
+            timeout = 0.05 if self.time_limits else 0.5
             for key, _ in self.selector.select(timeout):
                 self._read(key.data)
-            self._check_deadlines()
-            self._check_memory()
+            now = time.monotonic()
+            if now - looked >= timeout:  # not at every report line
+                looked = now
+                if self.time_limits:
+                    self._check_deadlines()
+                self._check_memory()
             for c in list(self.children.values()):
                 if c.proc.poll() is not None:
                     self._reap(c)

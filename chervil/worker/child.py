@@ -413,10 +413,18 @@ def child_main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     sys.path.insert(0, os.getcwd())
     app = load_app(ns.app)
-    child = Child(app, QueueSpec.parse(ns.queues), ns.threads, worker_id=ns.worker_id,
-                  burst=ns.burst, max_jobs=ns.max_jobs, grace_seconds=ns.grace,
-                  reporter=Reporter(ns.report_fd if ns.report_fd >= 0 else None,
-                                    ns.table_fd if ns.table_fd >= 0 else None))
+    return run_child(app, QueueSpec.parse(ns.queues), ns.threads, worker_id=ns.worker_id,
+                     burst=ns.burst, max_jobs=ns.max_jobs, grace_seconds=ns.grace,
+                     report_fd=ns.report_fd if ns.report_fd >= 0 else None,
+                     table_fd=ns.table_fd if ns.table_fd >= 0 else None)
+
+
+def run_child(app: Chervil, queues: QueueSpec, threads: int, *, worker_id: str,
+              burst: bool = False, max_jobs: int | None = None, grace_seconds: float = 30.0,
+              report_fd: int | None = None, table_fd: int | None = None) -> int:
+    """Run one child until it stops; its exit code. (Forked or started as a program.)"""
+    child = Child(app, queues, threads, worker_id=worker_id, burst=burst, max_jobs=max_jobs,
+                  grace_seconds=grace_seconds, reporter=Reporter(report_fd, table_fd))
     child.install_signal_handlers()
     code = child.run()
     app.close()

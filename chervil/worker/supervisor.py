@@ -33,16 +33,43 @@ from ..brokers.base import Lease
 from ..job import DeadReason, ErrorInfo
 from ..runner import failure
 from ..schedule import Scheduler
+from .child import run_child
 from .queues import QueueSpec
 from .report import StartedTable, table_size
 
 log = logging.getLogger("chervil.worker")
 
 
+class ForkedChild:
+    """A child started by fork, with the part of ``subprocess.Popen`` the supervisor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # never signal a pid that may have been reused
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class ChildState:
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedChild
     fd: int
     buf: bytes = b""
     table: StartedTable | None = None
@@ -107,17 +134,21 @@ class Supervisor:
         with tempfile.TemporaryFile(prefix="chervil-started-") as f:
             f.truncate(table_size(o.threads))
             table_fd = os.dup(f.fileno())
-        cmd = [sys.executable, "-m", "chervil.worker.child", self.app_path,
-               "--queues", str(o.queues), "--threads", str(o.threads),
-               "--worker-id", "", "--report-fd", str(write_fd), "--table-fd", str(table_fd),
-               "--grace", str(o.grace_seconds), "--log-level", o.log_level]
-        if o.burst:
-            cmd.append("--burst")
-        if o.max_jobs_per_child:
-            cmd += ["--max-jobs", str(o.max_jobs_per_child)]
-        host = socket.gethostname()
-        cmd[cmd.index("--worker-id") + 1] = f"{host}:{os.getpid()}:{index}:{time.time():.0f}"
-        proc = subprocess.Popen(cmd, pass_fds=(write_fd, table_fd), cwd=os.getcwd())
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{index}:{time.time():.0f}"
+        proc: subprocess.Popen[bytes] | ForkedChild
+        if hasattr(os, "fork") and threading.active_count() == 1:
+            proc = self._fork(worker_id, read_fd, write_fd, table_fd)
+        else:  # threads run here (a respawn): a fresh interpreter, which imports the app
+            cmd = [sys.executable, "-m", "chervil.worker.child", self.app_path,
+                   "--queues", str(o.queues), "--threads", str(o.threads),
+                   "--worker-id", worker_id, "--report-fd", str(write_fd),
+                   "--table-fd", str(table_fd), "--grace", str(o.grace_seconds),
+                   "--log-level", o.log_level]
+            if o.burst:
+                cmd.append("--burst")
+            if o.max_jobs_per_child:
+                cmd += ["--max-jobs", str(o.max_jobs_per_child)]
+            proc = subprocess.Popen(cmd, pass_fds=(write_fd, table_fd), cwd=os.getcwd())
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         state = ChildState(index, proc, read_fd, table=StartedTable(table_fd))
@@ -125,6 +156,37 @@ class Supervisor:
         self.children[index] = state
         self.selector.register(read_fd, selectors.EVENT_READ, state)
         log.info("child %d started (pid %d)", index, proc.pid)
+
+    def _fork(self, worker_id: str, read_fd: int, write_fd: int, table_fd: int
+              ) -> ForkedChild:
+        """Start a child by fork: it runs the app imported here, so it starts at once.
+
+        Only while no other thread runs in the supervisor (the first children, before the
+        scheduler and relay threads start), so no lock can be inherited held.
+        """
+        o = self.options
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid:
+            return ForkedChild(pid)
+        code = 70  # EX_SOFTWARE, if the child fails before it runs
+        try:
+            os.close(read_fd)
+            for c in self.children.values():
+                os.close(c.fd)
+            self.selector.close()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = run_child(self.app, o.queues, o.threads, worker_id=worker_id,
+                             burst=o.burst, max_jobs=o.max_jobs_per_child,
+                             grace_seconds=o.grace_seconds, report_fd=write_fd,
+                             table_fd=table_fd)
+        except BaseException:
+            log.exception("worker child failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
 
     def _read(self, c: ChildState) -> None:
         while True:
@@ -248,14 +310,14 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         stop_scheduler = threading.Event()
         owner = f"{socket.gethostname()}:{os.getpid()}"
+        for i in range(self.options.processes):  # first: forked while no thread runs
+            self._spawn(i)
         if self.options.scheduler and self.app.schedules and not self.options.burst:
             threading.Thread(target=Scheduler(self.app, owner).run, args=(stop_scheduler,),
                              name="chervil-scheduler", daemon=True).start()
         if self.app.uses_outbox and not self.options.burst:
             threading.Thread(target=self.app.outbox().run, args=(stop_scheduler, owner),
                              name="chervil-relay", daemon=True).start()
-        for i in range(self.options.processes):
-            self._spawn(i)
         log.info("worker started: %d process(es) x %d thread(s), queues %s",
                  self.options.processes, self.options.threads, self.options.queues)
         looked = 0.0

@@ -5,7 +5,8 @@ Jobs are found by id by looking in each known queue (one pipelined HGETALL or on
 script per queue), so these cost O(number of queues), not O(number of jobs). Listing
 reads the per-queue, per-status id indexes (``<prefix>:{<queue>}:ids:<status>``, score
 0, so ZREVRANGEBYLEX pages them newest first: ids are UUIDv7, time-sortable), merging
-the indexes the filter selects a page at a time. A task filter has no index of its
+the indexes the filter selects a page at a time; running jobs, as many as the workers
+run at once, are read from ``<base>:run`` and sorted here. A task filter has no index of its
 own: pages are read until enough jobs of that task are found.
 """
 
@@ -148,7 +149,10 @@ class AdminVerbs(RedisCore):
         r = self._r
         queues = [filter.queue] if filter.queue else self._all_queues()
         statuses = [filter.status.value] if filter.status else list(STATUSES)
-        index = [(q, f"{self._base(q)}:ids:{s}") for q in queues for s in statuses]
+        # running jobs are listed from <base>:run (as many as workers run at once), every
+        # other status from its lexicographic id index
+        index = [(q, f"{self._base(q)}:run" if s == "running" else f"{self._base(q)}:ids:{s}")
+                 for q in queues for s in statuses]
         page = limit if filter.task is None else max(limit, 200)
         out: list[Job] = []
         cursor = before_id
@@ -156,11 +160,20 @@ class AdminVerbs(RedisCore):
             hi = b"(" + cursor.encode() if cursor else b"+"
             pipe = r.pipeline(transaction=False)
             for _, key in index:
-                pipe.zrevrangebylex(key, hi, b"-", start=0, num=page)
+                if key.endswith(":run"):
+                    pipe.zrange(key, 0, -1)
+                else:
+                    pipe.zrevrangebylex(key, hi, b"-", start=0, num=page)
             found: dict[str, str] = {}
             exhausted = True
-            for (q, _), ids in zip(index, pipe.execute(), strict=True):
-                exhausted = exhausted and len(ids) < page
+            for (q, key), ids in zip(index, pipe.execute(), strict=True):
+                if key.endswith(":run"):
+                    below = sorted((i for i in ids if not cursor or i.decode() < cursor),
+                                   reverse=True)
+                    ids = below[:page]
+                    exhausted = exhausted and len(below) <= page
+                else:
+                    exhausted = exhausted and len(ids) < page
                 for i in ids:
                     found[i.decode()] = q
             ids = sorted(found, reverse=True)[:page]

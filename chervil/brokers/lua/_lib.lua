@@ -9,7 +9,8 @@
 --   <base>:sched         zset   scheduled jobs; score run_at
 --   <base>:run           zset   running jobs; score lease_until
 --   <base>:fin:<status>  zset   succeeded / dead / cancelled jobs; score finished_at
---   <base>:ids:<status>  zset   every job by status; score 0, member id (ZRANGEBYLEX paging)
+--   <base>:ids:<status>  zset   every job by status but running (<base>:run lists those);
+--                               score 0, member id (ZRANGEBYLEX paging)
 --   <base>:uniq          hash   unique_key -> id of the job holding it
 --   <base>:uniqw         hash   unique_key -> held until (unique_mode window)
 --   <base>:paused        string present while the queue is paused
@@ -152,7 +153,7 @@ end
 -- Take job id out of the indexes of its status st. lk (running only): its limit key
 -- if the caller read it (false: none), else it is read here.
 local function leave(base, id, st, h, lk)
-  redis.call('ZREM', base .. ':ids:' .. st, id)
+  if st ~= 'running' then redis.call('ZREM', base .. ':ids:' .. st, id) end
   if st == 'queued' then
     local v = redis.call('HMGET', h, 'run_at', 'park', 'limit_key', 'rate_key', 'task')
     local m = rkey(tonumber(v[1]), id)
@@ -185,7 +186,7 @@ end
 -- record lives (EXPIRE), 0 = until pruned. f: the job's flow fields if the caller
 -- knows them (queued; else read from the record).
 local function index(base, id, st, h, score_s, ttl, f)
-  redis.call('ZADD', base .. ':ids:' .. st, 0, id)
+  if st ~= 'running' then redis.call('ZADD', base .. ':ids:' .. st, 0, id) end
   if st == 'queued' then
     place(base, id, h, f or flow_fields(h), score_s)
     redis.call('ZADD', base .. ':age', score_s, id)
@@ -270,8 +271,9 @@ local function take_unique(base, uk, id, mode, until_s)
 end
 
 -- A job leaving the live states gives its unique key back (a window key is kept).
-local function free_unique(base, id, h)
-  local uk = redis.call('HGET', h, 'unique_key')
+-- uk: the record's unique_key if the caller read it (false: none), else read here.
+local function free_unique(base, id, h, uk)
+  if uk == nil then uk = redis.call('HGET', h, 'unique_key') end
   if uk and redis.call('HGET', base .. ':uniq', uk) == id
       and redis.call('HEXISTS', base .. ':uniqw', uk) == 0 then
     redis.call('HDEL', base .. ':uniq', uk)

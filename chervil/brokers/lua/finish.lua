@@ -27,7 +27,7 @@ for g = 1, nq do
     local id, token, kind, retry_at_s, reason, err, result = unpack(ARGV, i, i + 6)
     i = i + 7
     local h = base .. ':j:' .. id
-    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'limit_key')
+    local cur = redis.call('HMGET', h, 'status', 'lease_token', 'limit_key', 'unique_key')
     if cur[1] ~= 'running' or cur[2] ~= token then
       out[#out + 1] = 0
     else
@@ -48,17 +48,18 @@ for g = 1, nq do
           ready = ready + 1
         end
       elseif kind == 's' then
-        redis.call('HSET', h, 'finished_at', now_s)
-        if result ~= '' then redis.call('HSET', h, 'result', result) end
-        if err ~= '' then redis.call('HSET', h, 'last_error', err) end
-        free_unique(base, id, h)
-        enter(base, id, 'succeeded', h, now_s, ttl.succeeded)
+        local fields = {'status', 'succeeded', 'finished_at', now_s}
+        if result ~= '' then fields[5] = 'result'; fields[6] = result end
+        if err ~= '' then fields[#fields + 1] = 'last_error'; fields[#fields + 1] = err end
+        redis.call('HSET', h, unpack(fields))
+        free_unique(base, id, h, cur[4] or false)
+        index(base, id, 'succeeded', h, now_s, ttl.succeeded)
       else
-        redis.call('HSET', h, 'finished_at', now_s, 'dead_reason', reason)
+        redis.call('HSET', h, 'status', 'dead', 'finished_at', now_s, 'dead_reason', reason)
         if err ~= '' then redis.call('HSET', h, 'last_error', err)
         else redis.call('HDEL', h, 'last_error') end
-        free_unique(base, id, h)
-        enter(base, id, 'dead', h, now_s, ttl.dead)
+        free_unique(base, id, h, cur[4] or false)
+        index(base, id, 'dead', h, now_s, ttl.dead)
       end
       out[#out + 1] = 1
     end

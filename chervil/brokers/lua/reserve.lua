@@ -106,10 +106,10 @@ for g = 1, nq do
           if f.rate_key then
             redis.call('HSET', base .. ':tb', f.rate_key, fmt(tokens - 1) .. ' ' .. now_s)
           end
-          redis.call('HSET', h, 'status', 'running', 'lease_token', token,
-                     'lease_until', lease_until_s, 'started_at', now_s, 'worker', worker)
-          local attempts = redis.call('HINCRBY', h, 'attempts', 1)
-          redis.call('ZADD', base .. ':ids:running', 0, id)
+          local attempts = tonumber(f.attempts or '0') + 1
+          redis.call('HSET', h, 'status', 'running', 'attempts', attempts,
+                     'lease_token', token, 'lease_until', lease_until_s, 'started_at', now_s,
+                     'worker', worker)
           redis.call('ZADD', base .. ':run', lease_until_s, id)
           -- the record as read, then the fields changed (later pairs win when decoded)
           rec[#rec + 1] = 'status'; rec[#rec + 1] = 'running'

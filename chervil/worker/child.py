@@ -34,6 +34,11 @@ log = logging.getLogger("chervil.worker")
 
 UNKNOWN_TASK_RETRY_SECONDS = 5.0
 FINISH_BATCH = 500
+# Reserve once this many slots are free (or all of them, or 2 ms after the first): a
+# batch large enough to share its round trip, small enough that the other threads are
+# still busy while it travels. Waiting for all 32 threads of -t32 to be free left them
+# idle during every reserve (Redis drain 9,100 -> 10,300 jobs/s with 8).
+RESERVE_AT = 8
 STALLED_EXIT = 75
 
 
@@ -104,7 +109,7 @@ class Child:
     # -- fetcher ---------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
         backoff = 0.0
-        want = self.threads
+        want = min(self.threads, RESERVE_AT)
         while not self._stopping.is_set():
             with self._cond:
                 self._wait_for_slots(want)
@@ -159,9 +164,10 @@ class Child:
     def _wait_for_slots(self, want: int) -> None:
         """Under the lock: wait until enough slots are free to reserve a useful batch.
 
-        Reserve at once when ``want`` slots (all threads) are free; with fewer free, wait
-        at most 2 ms for more, so a busy child reserves (and records outcomes) in batches,
-        one transaction per batch, without leaving a slot idle for long.
+        Reserve at once when ``want`` slots (``RESERVE_AT``, or all threads if fewer) are
+        free; with fewer free, wait at most 2 ms for more, so a busy child reserves (and
+        records outcomes) in batches, one transaction per batch, without leaving a slot
+        idle for long.
         """
         deadline = None
         while not self._stopping.is_set():

@@ -96,7 +96,7 @@ def execute(task: Task[Any, Any] | None, job: Job, clock: Clock, payload_limit: 
                   else DeadReason.DECODE_ERROR)
         return dead(job, reason, f"{exc} ({job.payload_digest()})")
     try:
-        task.signature.bind(*args, **kwargs)
+        task.binder.check(args, kwargs)
     except TypeError as exc:
         return dead(job, DeadReason.BAD_ARGUMENTS,
                     f"arguments no longer bind to {task.name}{task.signature}: {exc}")

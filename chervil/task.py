@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
+from .binding import Binder
 from .brokers.base import NewJob
 from .errors import ChervilError, ConfigurationError, JobNotFound, JobTimeout
 from .job import Job, JobStatus, encode_payload, new_job_id
@@ -117,6 +118,7 @@ class Task(Generic[P, R]):
         self.name = name
         self.options = options
         self.signature = inspect.signature(fn)
+        self.binder = Binder(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.version = options.version or signature_version(fn)
         self.has_flow_control = options.flow != FlowControl()
@@ -151,12 +153,13 @@ class Task(Generic[P, R]):
         delay: Any = kwargs.pop("delay", None) if "delay" not in params else None
         at: Any = kwargs.pop("at", None) if "at" not in params else None
         priority: Any = kwargs.pop("priority", None) if "priority" not in params else None
-        bound = self.signature.bind(*args, **kwargs)  # TypeError here, in the caller
+        self.binder.check(args, kwargs)  # TypeError here, in the caller
         now = self.app.clock.now()
         run_at = _run_at(now, delay, at)
         payload = encode_payload(args, kwargs, self.app.settings.payload_limit_bytes, self.name)
         flow: dict[str, Any] = {}
         if self.has_flow_control:
+            bound = self.signature.bind(*args, **kwargs)
             bound.apply_defaults()
             try:
                 flow = self.options.flow.job_fields(self.name, bound.arguments, now)

@@ -28,6 +28,9 @@ RETURNS SETOF jobs
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET jit = off
+-- plans made once per connection: planning the candidate statement anew at each call
+-- (custom plans) took 0.5 ms, more than running it
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     paused text[];

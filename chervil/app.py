@@ -58,6 +58,12 @@ class Chervil:
             self._broker.close()
             self._broker = None
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's broker, whose connections and files are
+        the parent's (an SQLite connection must not cross a fork); the next use opens one."""
+        self._broker = None
+        self._lock = threading.Lock()
+
     # -- registering ---------------------------------------------------------------------
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...

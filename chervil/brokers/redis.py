@@ -83,6 +83,8 @@ class RedisBroker(AdminVerbs, Broker):
         if not jobs:
             return []
         _check_flow(jobs)
+        if len(jobs) == 1 and not self._cluster:
+            return [self._enqueue_one(jobs[0])]
         spans = [list(range(i, min(i + CHUNK, len(jobs)))) for i in range(0, len(jobs), CHUNK)]
         attempts = [0]
 
@@ -114,6 +116,24 @@ class RedisBroker(AdminVerbs, Broker):
                     out[i] = Enqueued(jid, dup)
                 self._wake(all_groups[k], wakes)
             return [e for e in out if e is not None]
+
+        return self._run(go, self.options.enqueue_timeout)
+
+    def _enqueue_one(self, job: NewJob) -> Enqueued:
+        """The same script call as a batch of one, built without the batch bookkeeping."""
+        q = job.queue
+        keys = [self._base(q), self._wake_key(q), self._ptasks]
+        attempts = 0
+
+        def go() -> Enqueued:
+            nonlocal attempts
+            attempts += 1
+            self._register((q,))
+            args = [self._now(), 1, WAKE_CAP, q, 1, *_job_args(job)]
+            flat, _wakes = self._scripts.run(self._r, [("enqueue", keys, args)])[0]
+            jid, dup = flat[0].decode(), bool(flat[1])
+            # a retry after a lost reply finds the job it wrote itself
+            return Enqueued(jid, dup and not (attempts > 1 and jid == job.id))
 
         return self._run(go, self.options.enqueue_timeout)
 

@@ -178,6 +178,7 @@ class Supervisor:
             self.selector.close()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self.app.reset_after_fork()
             code = run_child(self.app, o.queues, o.threads, worker_id=worker_id,
                              burst=o.burst, max_jobs=o.max_jobs_per_child,
                              grace_seconds=o.grace_seconds, report_fd=write_fd,

@@ -60,8 +60,9 @@ local function wake(key, n, cap)
   if key and n > 0 then
     local tokens = {}
     for i = 1, math.min(n, cap) do tokens[i] = '1' end
-    redis.call('LPUSH', key, unpack(tokens))
-    redis.call('LTRIM', key, 0, cap - 1)
+    if redis.call('LPUSH', key, unpack(tokens)) > cap then
+      redis.call('LTRIM', key, 0, cap - 1)
+    end
   end
 end
 
@@ -285,6 +286,16 @@ local function sched_head(base)
   local first = redis.call('ZRANGE', base .. ':sched', 0, 0, 'WITHSCORES')
   if first[2] then return tonumber(first[2]) end
   return nil
+end
+
+-- Before a script adds a scheduled job: head is the first run_at before its additions
+-- (read once per queue, only by scripts that schedule something, false until read).
+-- Returns the new head and whether run_at comes first (waiters must recompute how long
+-- they may sleep).
+local function new_first(base, head, run_at)
+  if head == false then head = sched_head(base) or math.huge end
+  if run_at < head then return run_at, true end
+  return head, false
 end
 
 local function is_paused(base) return redis.call('EXISTS', base .. ':paused') == 1 end

@@ -27,7 +27,7 @@ for g = 1, nq do
   local base, wkey = KEYS[g], KEYS[nq + g]
   local queue, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  local head = sched_head(base) or math.huge
+  local head = false
   local ready, new_head = 0, false
   for _ = 1, n do
     local id, task, payload, prio, max_attempts, run_at_s, uk, version, trace, mode,
@@ -77,13 +77,15 @@ for g = 1, nq do
         rk = false
       end
       redis.call('HSET', h, unpack(fields))
-      index(base, id, st, h, run_at_s, 0,
-            {prio = tonumber(prio), lk = lk, ln = tonumber(ln), rk = rk, task = task})
       if st == 'scheduled' then
-        if run_at < head then head = run_at; new_head = true end
+        local first
+        head, first = new_first(base, head, run_at)
+        new_head = new_head or first
       else
         ready = ready + 1
       end
+      index(base, id, st, h, run_at_s, 0,
+            {prio = tonumber(prio), lk = lk, ln = tonumber(ln), rk = rk, task = task})
       out[#out + 1] = id
       out[#out + 1] = 0
     end

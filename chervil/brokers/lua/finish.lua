@@ -20,7 +20,7 @@ for g = 1, nq do
   local base = KEYS[g]
   local n = tonumber(ARGV[i])
   i = i + 1
-  local head = sched_head(base) or math.huge
+  local head = false
   local ready, new_head = 0, false
   UNPARKED = 0
   for _ = 1, n do
@@ -41,8 +41,10 @@ for g = 1, nq do
         if err ~= '' then redis.call('HSET', h, 'last_error', err)
         else redis.call('HDEL', h, 'last_error') end
         if run_at > now then
+          local first
+          head, first = new_first(base, head, run_at)
+          new_head = new_head or first
           enter(base, id, 'scheduled', h, retry_at_s)
-          if run_at < head then head = run_at; new_head = true end
         else
           enter(base, id, 'queued', h, retry_at_s)
           ready = ready + 1

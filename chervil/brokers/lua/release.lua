@@ -16,7 +16,7 @@ for g = 1, nq do
   local base = KEYS[g]
   local n = tonumber(ARGV[i])
   i = i + 1
-  local head = sched_head(base) or math.huge
+  local head = false
   local ready, new_head = 0, false
   UNPARKED = 0
   for _ = 1, n do
@@ -30,8 +30,10 @@ for g = 1, nq do
       redis.call('HSET', h, 'attempts', fmt(attempts), 'run_at', run_at_s)
       redis.call('HDEL', h, 'lease_until', 'lease_token', 'worker')
       if delay > 0 then
+        local first
+        head, first = new_first(base, head, run_at)
+        new_head = new_head or first
         enter(base, id, 'scheduled', h, run_at_s)
-        if run_at < head then head = run_at; new_head = true end
       else
         enter(base, id, 'queued', h, run_at_s)
         ready = ready + 1

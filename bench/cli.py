@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import statistics
 import sys
-import time
 from typing import Any
 
 from .configs import BROKERS, LIBS, REDIS_URL, VenvError
 from .measure import DriverError, Lib, Variant, drain, latency, rate, rclient, run_driver
-from .report import RESULTS, render, summarize
+from .report import log as _log
+from .report import render, summarize, write_results
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     peers = set(args.peers.split(",")) if args.peers else None
     for broker in args.only or BROKERS:
         run_broker(broker, args, peers)
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _try(errors: list[str], what: str, fn: Any, *a: Any, **kw: Any) -> Any:
@@ -136,16 +130,5 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
                            "python": sys.version.split()[0]}
     print(render(summary))
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.date.today().isoformat()
-        paths = [RESULTS / f"{stamp}-{broker}.json"]
-        if args.latest:
-            paths.append(RESULTS / f"latest-{broker}.json")
-        for path in paths:
-            path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-            _log(f"wrote {path}")
+        write_results(summary, broker, args.latest)
 
-
-def median(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None

@@ -19,12 +19,10 @@ import argparse
 import contextlib
 import datetime
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +33,8 @@ import redis
 
 from .configs import PG_URL, REDIS_URL, TMP, _bin, _env
 from .measure import DONE, LAT, DriverError, Lib, Variant, drain, rclient, run_driver
-from .report import RESULTS, _median, _spread
+from .report import _f, _median, _spread, redis_cmds_lines, write_results
+from .report import log as _log
 from .venvs import ROOT, project_python
 
 OPTIONS = ("plain", "unique", "lock", "concurrency", "rate")
@@ -48,10 +47,6 @@ DESCRIBE = {
 }
 KEEP = ("rate", "steady_rate", "first_job_s", "worker_cpu_us_per_job", "redis_cmds_per_job",
         "seconds", "done", "partial", "loadavg_1m_before")
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _clear_counters(_lib: Lib | None = None) -> None:
@@ -180,10 +175,6 @@ def summarize(broker: str, reps: list[dict[str, dict[str, Any]]],
     return {"broker": broker, "rows": list(rows.values())}
 
 
-def _f(v: Any, digits: int = 0) -> str:
-    return "n/a" if v is None else f"{v:,.{digits}f}"
-
-
 def render(summary: dict[str, Any]) -> str:
     s = summary["settings"]
     broker = summary["broker"]
@@ -210,11 +201,8 @@ def render(summary: dict[str, Any]) -> str:
         if broker == "redis":
             cells.append(_f(r.get("redis_cmds_per_job"), 1))
         lines.append("| " + " | ".join(cells) + " |")
-    cmds = [(r["option"], r["redis_cmds"]) for r in summary["rows"] if r.get("redis_cmds")]
-    if cmds:
-        lines += ["", "Redis commands per job (last rep; INFO commandstats delta / N, minus the "
-                  "task's INCR and the harness's GET polls; server-wide):"]
-        lines += [f"- {o}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for o, d in cmds]
+    lines += redis_cmds_lines([(r["option"], r["redis_cmds"]) for r in summary["rows"]
+                               if r.get("redis_cmds")], "(last rep)")
     errs = [(r["option"], e) for r in summary["rows"] for e in r["errors"]]
     if errs:
         lines += ["", "Errors:"] + [f"- {o}: {e[:300]}" for o, e in errs]
@@ -275,10 +263,4 @@ def run_flow(args: argparse.Namespace) -> None:
     if "warning" in summary:
         print(f"\nWARNING: {summary['warning']}")
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        paths = [RESULTS / f"{datetime.date.today().isoformat()}-flow-{broker}.json"]
-        if args.latest:
-            paths.append(RESULTS / f"latest-flow-{broker}.json")
-        for path in paths:
-            path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-            _log(f"wrote {path}")
+        write_results(summary, f"flow-{broker}", args.latest)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import statistics
+import sys
+import time
 from typing import Any
 
 from .venvs import ROOT
@@ -16,6 +20,30 @@ LAT_KEYS = ("p50_ms", "p99_ms", "idle_cpu_pct")
 def _median(values: list[Any]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_results(summary: dict[str, Any], name: str, latest: bool) -> None:
+    """bench/results/<date>-<name>.json, and latest-<name>.json when asked."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = [RESULTS / f"{datetime.date.today().isoformat()}-{name}.json"]
+    if latest:
+        paths.append(RESULTS / f"latest-{name}.json")
+    for path in paths:
+        path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        log(f"wrote {path}")
+
+
+def redis_cmds_lines(cmds: list[tuple[str, dict[str, float]]], what: str) -> list[str]:
+    """The Markdown lines listing Redis commands per job of each row (none: no lines)."""
+    if not cmds:
+        return []
+    return (["", f"Redis commands per job {what} (INFO commandstats delta / N, minus the "
+             "task's INCR and the harness's GET polls; server-wide):"]
+            + [f"- {c}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for c, d in cmds])
 
 
 def _spread(values: list[Any]) -> float | None:
@@ -100,9 +128,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _f(v: Any, digits: int = 0) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:,.{digits}f}"
+    return "n/a" if v is None else f"{v:,.{digits}f}"
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -128,11 +154,8 @@ def render(summary: dict[str, Any]) -> str:
         if broker == "redis":
             cells.append(_f(r.get("redis_cmds_per_job"), 1))
         lines.append("| " + " | ".join(cells) + " |")
-    cmds = [(r["config"], r["redis_cmds"]) for r in summary["rows"] if r.get("redis_cmds")]
-    if cmds:
-        lines += ["", "Redis commands per job on the drain path (INFO commandstats delta / N, "
-                  "minus the task's INCR and the harness's GET polls; server-wide):"]
-        lines += [f"- {c}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for c, d in cmds]
+    lines += redis_cmds_lines([(r["config"], r["redis_cmds"]) for r in summary["rows"]
+                               if r.get("redis_cmds")], "on the drain path")
     errs = [(r["config"], e) for r in summary["rows"] for e in r.get("errors", [])]
     if errs:
         lines += ["", "Errors:"] + [f"- {c}: {e[:300]}" for c, e in errs]

@@ -23,15 +23,12 @@ from chervil import Chervil
 from .configs import LIBS, PG_URL, REDIS_URL
 from .measure import DriverError, Lib, Variant, drain, rclient
 from .report import RESULTS
+from .report import log as _log
 from .venvs import PEERS_DIR
 
 TARGET = 10_000
 SMALL, LARGE = 10_000, 1_000_000
 FILL_SECONDS = 120.0
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _chervil(broker: str) -> tuple[Lib, list[Variant]]:

@@ -153,13 +153,15 @@ class Task(Generic[P, R]):
         delay: Any = kwargs.pop("delay", None) if "delay" not in params else None
         at: Any = kwargs.pop("at", None) if "at" not in params else None
         priority: Any = kwargs.pop("priority", None) if "priority" not in params else None
-        self.binder.check(args, kwargs)  # TypeError here, in the caller
+        # TypeError here, in the caller (flow keys need the bound arguments themselves)
+        bound = self.signature.bind(*args, **kwargs) if self.has_flow_control else None
+        if bound is None:
+            self.binder.check(args, kwargs)
         now = self.app.clock.now()
         run_at = _run_at(now, delay, at)
         payload = encode_payload(args, kwargs, self.app.settings.payload_limit_bytes, self.name)
         flow: dict[str, Any] = {}
-        if self.has_flow_control:
-            bound = self.signature.bind(*args, **kwargs)
+        if bound is not None:
             bound.apply_defaults()
             try:
                 flow = self.options.flow.job_fields(self.name, bound.arguments, now)

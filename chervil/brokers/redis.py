@@ -109,11 +109,7 @@ class RedisBroker(AdminVerbs, Broker):
             for k, res in enumerate(self._scripts.run(self._r, calls)):
                 flat, wakes = res
                 for n, i in enumerate(orders[k]):
-                    jid, dup = flat[2 * n].decode(), bool(flat[2 * n + 1])
-                    # a retry after a lost reply finds the job it wrote itself
-                    if dup and attempts[0] > 1 and jid == jobs[i].id:
-                        dup = False
-                    out[i] = Enqueued(jid, dup)
+                    out[i] = _enqueued(flat, n, jobs[i], attempts[0])
                 self._wake(all_groups[k], wakes)
             return [e for e in out if e is not None]
 
@@ -131,9 +127,7 @@ class RedisBroker(AdminVerbs, Broker):
             self._register((q,))
             args = [self._now(), 1, WAKE_CAP, q, 1, *_job_args(job)]
             flat, _wakes = self._scripts.run(self._r, [("enqueue", keys, args)])[0]
-            jid, dup = flat[0].decode(), bool(flat[1])
-            # a retry after a lost reply finds the job it wrote itself
-            return Enqueued(jid, dup and not (attempts > 1 and jid == job.id))
+            return _enqueued(flat, 0, job, attempts)
 
         return self._run(go, self.options.enqueue_timeout)
 
@@ -351,6 +345,13 @@ def _job_args(j: NewJob) -> list[Any]:
             "" if j.unique_until is None else repr(float(j.unique_until)),
             j.limit_key or "", str(int(j.limit_n)), j.rate_key or "",
             repr(float(j.rate_per_second)), repr(float(j.rate_burst))]
+
+
+def _enqueued(flat: list[Any], n: int, job: NewJob, attempt: int) -> Enqueued:
+    """The n-th answer of the enqueue script for ``job``, sent on call ``attempt``."""
+    jid, dup = flat[2 * n].decode(), bool(flat[2 * n + 1])
+    # a retry after a lost reply finds the job it wrote itself
+    return Enqueued(jid, dup and not (attempt > 1 and jid == job.id))
 
 
 def _check_flow(jobs: Sequence[NewJob]) -> None:

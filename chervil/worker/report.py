@@ -31,8 +31,9 @@ from collections.abc import Iterable
 from ..job import Job
 
 ENTRY = 256
-_HEAD = struct.Struct("<BdB")
-_ID_MAX = ENTRY - _HEAD.size
+_FIELDS = struct.Struct("<dB")  # after the sequence byte: deadline, id length
+_ID_AT = 1 + _FIELDS.size
+_ID_MAX = ENTRY - _ID_AT
 
 
 def table_size(threads: int) -> int:
@@ -54,15 +55,15 @@ class StartedTable:
         seq = m[off]
         m[off] = (seq + 1) & 0xFF  # odd: being written
         d = math.nan if deadline is None else deadline
-        m[off + 1:off + _HEAD.size] = _HEAD.pack(0, d, len(job_id))[1:]
-        m[off + _HEAD.size:off + _HEAD.size + len(job_id)] = job_id
+        _FIELDS.pack_into(m, off + 1, d, len(job_id))
+        m[off + _ID_AT:off + _ID_AT + len(job_id)] = job_id
         m[off] = (seq + 2) & 0xFF or 2  # even and non-zero: in use
 
     def clear(self, index: int) -> None:
         off = index * ENTRY
         m = self.map
         m[off] = (m[off] + 1) & 0xFF
-        m[off + _HEAD.size - 1] = 0  # id length 0: free
+        m[off + _ID_AT - 1] = 0  # id length 0: free
         m[off] = (m[off] + 1) & 0xFF
 
     # -- supervisor side ----------------------------------------------------------------
@@ -76,8 +77,8 @@ class StartedTable:
                 s1 = m[off]
                 if s1 & 1:
                     continue  # being written (or the child died writing: not started)
-                _, d, n = _HEAD.unpack_from(m, off)
-                raw = m[off + _HEAD.size:off + _HEAD.size + n] if n else b""
+                d, n = _FIELDS.unpack_from(m, off + 1)
+                raw = m[off + _ID_AT:off + _ID_AT + n] if n else b""
                 if m[off] == s1:
                     if raw:
                         out[raw.decode()] = None if math.isnan(d) else d

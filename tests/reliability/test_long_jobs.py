@@ -31,7 +31,9 @@ def test_long_and_cpu_bound_jobs_keep_their_lease(backend: Backend, tmp_path: Pa
         jobs = wait_terminal(broker, [h.id for h in handles])
         runs, effects, ignored = read_ledger(c.ledger_path)
         assert [(j.status, j.attempts, j.lost_leases) for j in jobs] == [
-            (JobStatus.SUCCEEDED, 1, 0)] * 6
+            (JobStatus.SUCCEEDED, 1, 0)] * 6, (
+            [(j.id, j.attempts, j.last_error) for j in jobs if j.attempts != 1],
+            c.log_text()[-3000:])
         assert sorted(r.key for r in runs) == sorted(
             [f"sleep{i}" for i in range(3)] + [f"spin{i}" for i in range(3)])
         assert all(r.end - r.start >= 3 * LEASE for r in runs if r.end)

@@ -123,6 +123,11 @@ class Cluster:
         self.seed = seed
         self.lease = lease
         self.ledger_path = tmp / "ledger.db"
+        # Made here, before any worker thread opens it: six threads switching a new
+        # file to WAL and creating its tables at once get "database is locked".
+        from .probeapp import connect
+
+        connect(str(self.ledger_path)).close()
         self.faults = FaultLog(tmp / "faults.jsonl")
         self.env = {**os.environ, "CHERVIL_BROKER_URL": url,
                     "CHERVIL_LEASE_SECONDS": str(lease),

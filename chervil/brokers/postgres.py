@@ -28,12 +28,18 @@ it locks its picks with SKIP LOCKED, so concurrent reserves take different jobs,
 ``slots`` and ``buckets`` rows of their keys (key order), counts running jobs per key from
 ``jobs`` with a fresh snapshot, and admits within the free slots and tokens, all in the
 reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
-recover free a slot by leaving ``running`` and take no lock for it.
+recover free a slot by leaving ``running`` and take no lock for it. Jobs of a key that is
+full, met at the head of a queue, are parked (``park``), out of the index reserve reads, so
+a backlog behind one lock costs reserve nothing; a job leaving ``running`` brings back the
+first parked job of its key (a trigger), and a sweep (``unpark_free_keys``, run by recover
+and by a reserve that comes back short) brings back any the trigger missed
+(postgres_0005_parked_jobs.sql).
 
 Round trips per call: enqueue 1 (a plain insert when no job of the batch has a unique,
 limit or rate key; two statements pipelined when the batch has unique keys), reserve 1,
 finish 1, finish_and_reserve 1 (two statements pipelined in one transaction),
-extend/release/recover 1, prune 1 per batch, every other verb 1.
+extend/release 1, recover 2 (the sweep of parked keys, then the expired leases), prune 1
+per batch, every other verb 1.
 ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside its open
 transaction and never commits (in autocommit mode it wraps its statements in one
 transaction of their own).
@@ -77,7 +83,7 @@ __all__ = ["PostgresBroker", "from_url", "migrate"]
 _NOW = sql.SQL("COALESCE(%(now)s::float8, extract(epoch FROM statement_timestamp())::float8)")
 _FILTERS = {"status": sql.SQL("status = %(status)s"), "queue": sql.SQL("queue = %(queue)s"),
             "task": sql.SQL("task = %(task)s"), "before_id": sql.SQL("id < %(before_id)s")}
-# Reserve's plan must walk jobs_waiting in its order and stop at the LIMIT. When the
+# Reserve's plan must walk jobs_ready in its order and stop at the LIMIT. When the
 # statistics say few jobs wait (a new table, or a burst after a quiet hour: finished rows
 # dominate), the planner prefers scanning every waiting job of the queue through another
 # index and sorting them: 20 ms instead of 0.3 ms at 20,000 waiting, growing with the
@@ -357,6 +363,8 @@ class PostgresBroker(Broker):
 
     def recover(self, leases: Sequence[Lease] | None = None) -> int:
         if leases is None:
+            # and jobs parked behind a limit key whose slot freed unseen come back
+            self._rows("unpark", keys=10_000)
             return len(self._rows("recover_expired", limit=self.max_lost_leases, error=_LOST))
         if not leases:
             return 0

@@ -52,37 +52,52 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
+PARK_BATCH = 5000  # jobs of one full key parked per look; the rest at the next reserve
+
+
 def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
     """Pick up to ``want`` ready ids of ``queue`` that flow control lets run now.
 
-    Candidates come from SQL already past saturated keys and empty buckets; here the
-    batch itself is kept within each key's free slots and tokens, and the tokens taken
-    are written back.
+    Candidates come from SQL already past paused tasks and empty buckets; here the batch is
+    kept within each key's free slots and tokens, and the tokens taken are written back.
+    The jobs of a key found full are parked (see sqlite_0004_parked_jobs.sql) and the
+    candidates read again past them, so a backlog behind one key is stepped over once.
     """
     ids: list[str] = []
     free: dict[str, int] = {}
     buckets: dict[str, list[float]] = {}  # key -> [tokens, rate, burst]
-    rows = conn.execute(Q["reserve_candidates"], (queue, now, want * 4 + 16)).fetchall()
-    for job_id, limit_key, limit_n, rate_key, rate, burst in rows:
-        if limit_key is not None:
-            if limit_key not in free:
-                running = conn.execute(Q["running_for_key"], (limit_key,)).fetchone()[0]
-                free[limit_key] = limit_n - running
-            if free[limit_key] <= 0:
+    for _ in range(20):  # at most 20 x PARK_BATCH jobs parked by one reserve
+        parked = []
+        rows = conn.execute(Q["reserve_candidates"], (queue, now, want * 4 + 16)).fetchall()
+        for job_id, limit_key, limit_n, rate_key, rate, burst in rows:
+            if job_id in ids:
                 continue
-        if rate_key is not None:
-            if rate_key not in buckets:
-                b = conn.execute(Q["bucket"], (rate_key,)).fetchone()
-                tokens = burst if b is None else min(burst, b[0] + (now - b[1]) * rate)
-                buckets[rate_key] = [tokens, rate, burst]
-            if buckets[rate_key][0] < 1:
-                continue
-            buckets[rate_key][0] -= 1
-        if limit_key is not None:
-            free[limit_key] -= 1
-        ids.append(job_id)
-        if len(ids) >= want:
+            if limit_key is not None:
+                if limit_key not in free:
+                    running = conn.execute(Q["running_for_key"], (limit_key,)).fetchone()[0]
+                    free[limit_key] = limit_n - running
+                    if free[limit_key] <= 0:
+                        conn.execute(Q["park_key"], (limit_key, running, PARK_BATCH))
+                        parked.append(limit_key)
+                if free[limit_key] <= 0:
+                    continue
+            if rate_key is not None:
+                if rate_key not in buckets:
+                    b = conn.execute(Q["bucket"], (rate_key,)).fetchone()
+                    tokens = burst if b is None else min(burst, b[0] + (now - b[1]) * rate)
+                    buckets[rate_key] = [tokens, rate, burst]
+                if buckets[rate_key][0] < 1:
+                    continue
+                buckets[rate_key][0] -= 1
+            if limit_key is not None:
+                free[limit_key] -= 1
+            ids.append(job_id)
+            if len(ids) >= want:
+                break
+        if not parked or len(ids) >= want:
             break
+        for key in parked:  # counted again if their jobs still stand at the head
+            del free[key]
     for key, (tokens, rate, burst) in buckets.items():
         conn.execute(Q["save_bucket"], (key, tokens, now, rate, burst))
     return ids

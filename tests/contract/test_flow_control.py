@@ -125,6 +125,36 @@ def test_held_back_jobs_do_not_block_the_queue(broker: Broker) -> None:
     assert len(broker.reserve(["default"], 10, "w", LEASE)) == 1
 
 
+def test_a_backlog_behind_a_lock_holds_back_nothing_else(broker: Broker) -> None:
+    """Thousands of jobs behind one held lock, ahead of the others in the queue: a few
+    reserves reach the others (the brokers park the lock's jobs as they meet them: up to
+    1,000 per reserve on PostgreSQL), and the lock's jobs then run one at a time, in
+    order."""
+    backlog = [job(limit_key="lock:hot", limit_n=1, priority=1) for _ in range(3000)]
+    for i in range(0, len(backlog), 500):
+        broker.enqueue(backlog[i:i + 500])
+    others = [job() for _ in range(30)]
+    broker.enqueue(others)
+    [first] = broker.reserve(["default"], 1, "w", LEASE)
+    assert first.id == backlog[0].id
+    got: list = []
+    for _ in range(10):
+        got += broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.id for j in got) == sorted(j.id for j in others)
+    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
+    assert stats["queued"] == len(backlog) - 1
+    for want in backlog[1:4]:  # each freed slot lets the next one in, and only it
+        done(broker, first)
+        [first] = broker.reserve(["default"], 10, "w", LEASE)
+        assert first.id == want.id and first.attempts == 1
+        assert broker.reserve(["default"], 10, "w", LEASE) == []
+    # handed back unstarted, it frees the lock for one job of the key
+    assert broker.release([Lease(first.id, first.lease_token or "")]) == 1
+    [again] = broker.reserve(["default"], 10, "w", LEASE)
+    assert again.limit_key == "lock:hot"
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+
+
 def test_rate_limit_token_bucket(broker: Broker, clock: FakeClock) -> None:
     broker.enqueue([job(rate_key="rate:t:cust1", rate_per_second=0.5, rate_burst=2)
                     for _ in range(6)] + [job(rate_key="rate:t:cust2", rate_per_second=0.5,

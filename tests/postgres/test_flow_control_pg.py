@@ -284,3 +284,52 @@ def test_upgrade_keeps_version_1_unique_keys(
     broker = make_broker()
     res = broker.enqueue([new(unique_key="legacy")])[0]
     assert res.duplicate and res.id == "old"
+
+
+def _parked(schema: str) -> int:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs WHERE park = 'l'")
+                           .format(sql.Identifier(schema))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _done(job: Job) -> Outcome:
+    return Outcome(job.id, job.lease_token or "", JobStatus.SUCCEEDED)
+
+
+def test_a_backlog_behind_a_full_key_is_parked(broker: PostgresBroker, schema: str) -> None:
+    """The rows behind the contract test of the same name: reserve parks the jobs of a
+    full key it meets at the head (1,000 per reserve), and each slot that frees brings
+    back exactly one (see tests/contract/test_flow_control.py for the behaviour)."""
+    backlog = [new(limit_key="acct:1", limit_n=1) for _ in range(2500)]
+    broker.enqueue(backlog)
+    [first] = broker.reserve(["default"], 1, "w", LEASE)
+    for reserves in range(1, 4):
+        assert broker.reserve(["default"], 10, "w", LEASE) == []
+        assert _parked(schema) == min(1000 * reserves, len(backlog) - 1)
+    assert broker.finish([_done(first)]) == [True]
+    assert _parked(schema) == len(backlog) - 2
+
+
+def test_a_parked_job_whose_slot_freed_unseen_comes_back(broker: PostgresBroker,
+                                                          schema: str) -> None:
+    """A job parked while the last running job of its key was finishing (the finish saw
+    nothing to bring back) comes back by the sweep: in recover, and in a short reserve."""
+    jobs = [new(limit_key="acct:2", limit_n=1) for _ in range(3)]
+    broker.enqueue(jobs)
+    with psycopg.connect(POSTGRES_URL) as conn:  # the race's outcome, made directly
+        conn.execute(sql.SQL("UPDATE {}.jobs SET park = 'l'").format(sql.Identifier(schema)))
+    assert _parked(schema) == 3
+    assert broker.recover() == 0
+    assert _parked(schema) == 2  # one slot: one job back
+    [a] = broker.reserve(["default"], 10, "w", LEASE)
+    assert a.id == jobs[0].id
+    with psycopg.connect(POSTGRES_URL) as conn:  # its finish, as if it missed the parked
+        conn.execute(sql.SQL("ALTER TABLE {}.jobs DISABLE TRIGGER jobs_slot_freed")
+                     .format(sql.Identifier(schema)))
+    assert broker.finish([_done(a)]) == [True]
+    assert _parked(schema) == 2
+    # a reserve that comes back short sweeps, and the next one takes the job
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    [b] = broker.reserve(["default"], 10, "w", LEASE)
+    assert b.id == jobs[1].id

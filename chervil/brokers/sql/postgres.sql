@@ -129,7 +129,7 @@ WITH flow AS MATERIALIZED (
         CROSS JOIN LATERAL (
             SELECT w.id FROM {s}.jobs AS w
             WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
-              AND (w.status = 'queued' OR w.run_at <= {now})
+              AND w.park IS NULL AND (w.status = 'queued' OR w.run_at <= {now})
             ORDER BY w.priority DESC, w.run_at, w.id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -217,6 +217,10 @@ FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
 WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
 RETURNING j.id;
 
+-- name: unpark
+-- Parked jobs of limit keys with free slots come back (see postgres_0005_parked_jobs.sql).
+SELECT {s}.unpark_free_keys(%(keys)s, '');
+
 -- name: next_due
 -- Seconds until the earliest scheduled job of these queues is due (NULL: none).
 SELECT min(run_at) - {now} FROM {s}.jobs
@@ -225,13 +229,13 @@ WHERE status = 'scheduled' AND queue = ANY(%(queues)s::text[]);
 -- name: requeue
 UPDATE {s}.jobs
 SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL
 WHERE id = ANY(%(ids)s::text[]) AND status IN ('dead', 'scheduled', 'cancelled');
 
 -- name: requeue_dead
 UPDATE {s}.jobs
 SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL
 WHERE status = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text);
 

@@ -34,7 +34,7 @@ SELECT name FROM chervil_queues WHERE paused = 1;
 -- Whether any flow control is in force (if not, reserve takes its one-statement path).
 SELECT EXISTS (SELECT 1 FROM chervil_paused_tasks)
     OR EXISTS (SELECT 1 FROM chervil_jobs INDEXED BY chervil_jobs_flow
-               WHERE status = 'queued' AND queue = ?
+               WHERE status = 'queued' AND queue = ? AND park IS NULL
                AND (limit_key IS NOT NULL OR rate_key IS NOT NULL));
 
 -- name: reserve
@@ -42,22 +42,18 @@ UPDATE chervil_jobs
 SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_until = ?,
     started_at = ?, worker = ?
 WHERE id IN (SELECT id FROM chervil_jobs WHERE status = 'queued' AND queue = ?
-             ORDER BY priority DESC, run_at, id LIMIT ?)
+             AND park IS NULL ORDER BY priority DESC, run_at, id LIMIT ?)
 RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
     lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
 
 -- name: reserve_candidates
--- Ready jobs of one queue that flow control lets through, as far as SQL can tell: not of
--- a paused task, not behind a saturated limit key or an empty bucket. The broker then
--- checks limits and tokens inside the batch itself.
+-- Ready jobs of one queue not of a paused task nor behind an empty bucket, as far as SQL
+-- can tell. Jobs of a full limit key are among them: the broker parks them (see
+-- sqlite_0004_parked_jobs.sql), then checks limits and tokens inside the batch itself.
 SELECT id, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
-WHERE status = 'queued' AND queue = ?1
+WHERE status = 'queued' AND queue = ?1 AND park IS NULL
   AND task NOT IN (SELECT task FROM chervil_paused_tasks)
-  AND (limit_key IS NULL OR limit_key NOT IN (
-       SELECT limit_key FROM chervil_jobs INDEXED BY chervil_jobs_limits
-       WHERE status = 'running' AND limit_key IS NOT NULL
-       GROUP BY limit_key HAVING COUNT(*) >= MAX(limit_n)))
   AND (rate_key IS NULL OR rate_key NOT IN (
        SELECT key FROM chervil_buckets WHERE tokens + (?2 - updated_at) * rate < 1))
 ORDER BY priority DESC, run_at, id LIMIT ?3;
@@ -75,6 +71,14 @@ RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lo
 -- name: running_for_key
 SELECT COUNT(*) FROM chervil_jobs INDEXED BY chervil_jobs_limits
 WHERE status = 'running' AND limit_key IS NOT NULL AND limit_key = ?;
+
+-- name: park_key
+-- Park up to ?3 ready jobs of limit key ?1 that its ?2 running jobs leave no slot for,
+-- from the head.
+UPDATE chervil_jobs SET park = 'l'
+WHERE id IN (SELECT id FROM chervil_jobs INDEXED BY chervil_jobs_key_waiting
+             WHERE status = 'queued' AND limit_key = ?1 AND park IS NULL AND limit_n <= ?2
+             ORDER BY priority DESC, run_at, id LIMIT ?3);
 
 -- name: bucket
 SELECT tokens, updated_at FROM chervil_buckets WHERE key = ?;
@@ -149,13 +153,13 @@ WHERE id = ? AND lease_token = ? AND status = 'running';
 -- name: requeue
 UPDATE chervil_jobs
 SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL
 WHERE id = ? AND status IN ('dead', 'scheduled', 'cancelled');
 
 -- name: requeue_dead
 UPDATE chervil_jobs
 SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL
 WHERE status = 'dead' AND (? IS NULL OR queue = ?) AND (? IS NULL OR task = ?);
 
 -- name: cancel

@@ -1,0 +1,136 @@
+"""Backlog mode: does a backlog behind one held lock slow down the rest of its queue?
+
+``python -m bench backlog [--broker sqlite|redis|postgres] [--quick]``: for each broker,
+N jobs with ``lock="acct:1"`` (one held by a running job), then 2,000 plain jobs behind
+them in the same queue. Reported, for N = 2,000 and N = 100,000 (20,000 with --quick):
+
+- the reserves, and the time, until a reserve of 8 comes back full: the broker stepping
+  over (or parking) the backlog once;
+- then the reserve latency of a batch of 8 plain jobs (median of 50), and its ratio
+  between the two backlogs: 1.0 means the backlog costs the other jobs nothing. On
+  PostgreSQL again after a VACUUM of the jobs table (what autovacuum does shortly after):
+  until then, reserve's index still holds an entry for each parked job's old row
+  version, marked dead as scans meet it.
+
+In-process, through the broker API (no worker, no peers): a property of chervil's storage
+layout, like ``scale``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from chervil import Chervil
+
+from .configs import BROKERS, PG_URL, REDIS_URL
+from .report import log, write_results
+
+SIZES = (2_000, 100_000)
+QUICK_SIZES = (2_000, 20_000)
+PLAIN = 2_000
+SAMPLES = 50
+
+
+def _url(broker: str, tmp: Path, tag: str) -> str:
+    if broker == "sqlite":
+        return f"sqlite:///{tmp / tag}.db"
+    if broker == "redis":
+        return f"{REDIS_URL}?prefix=bench-backlog-{tag}"
+    return f"{PG_URL}?schema=bench_backlog_{tag}"
+
+
+def _drop(app: Chervil, broker: str, tag: str) -> None:
+    if broker == "redis":
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        for key in r.scan_iter(f"bench-backlog-{tag}:*", count=10_000):
+            r.delete(key)
+    elif broker == "postgres":
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS bench_backlog_{tag} CASCADE")
+
+
+def _reserve_p50(b: Any) -> float:
+    times = []
+    for _ in range(SAMPLES):
+        t = time.perf_counter()
+        got = b.reserve(["q"], 8, "bench", 600)
+        times.append(time.perf_counter() - t)
+        assert len(got) == 8 and all(j.task == "other" for j in got)
+    return round(statistics.median(times) * 1000, 3)
+
+
+def measure(broker: str, n: int, tmp: Path) -> dict[str, Any]:
+    tag = f"{broker}{n}"
+    app = Chervil(_url(broker, tmp, tag))
+    _drop(app, broker, tag)
+
+    @app.task(name="hot", queue="q", lock="acct:{a}")
+    def hot(a: int) -> None: ...
+
+    @app.task(name="other", queue="q")
+    def other(a: int) -> None: ...
+
+    b = app.broker
+    try:
+        for i in range(0, n, 1000):
+            app.enqueue_many([hot.prepare(1) for _ in range(min(1000, n - i))])
+        app.enqueue_many([other.prepare(i) for i in range(PLAIN)])
+        [first] = b.reserve(["q"], 1, "bench", 600)
+        assert first.task == "hot"
+        t0, reserves = time.perf_counter(), 0
+        while True:
+            reserves += 1
+            if len(b.reserve(["q"], 8, "bench", 600)) == 8:
+                break
+        clear_s = time.perf_counter() - t0
+        out = {"backlog": n, "reserves_to_clear": reserves, "clear_s": round(clear_s, 3),
+               "reserve_ms_p50": _reserve_p50(b)}
+        if broker == "postgres":  # what autovacuum leaves: the parked rows' old index entries gone
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"VACUUM bench_backlog_{tag}.jobs")
+            out["reserve_ms_p50_vacuumed"] = _reserve_p50(b)
+        return out
+    finally:
+        _drop(app, broker, tag)
+        app.close()
+
+
+def run_backlog(args: argparse.Namespace) -> None:
+    sizes = QUICK_SIZES if args.quick else SIZES
+    brokers = [args.broker] if args.broker else list(BROKERS)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for broker in brokers:
+            for n in sizes:
+                log(f"{broker}: {n:,} jobs behind one lock")
+                rows.append({"broker": broker, **measure(broker, n, Path(tmp))})
+    lines = [f"### a backlog behind one held lock: reserve of 8 other jobs "
+             f"({PLAIN:,} behind it), median of {SAMPLES}", "",
+             "| broker | backlog | reserves to clear | time to clear s | reserve p50 ms "
+             "| x smallest | after VACUUM ms | x smallest |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = next(r for r in rows if r["broker"] == row["broker"])
+        ratio = row["reserve_ms_p50"] / base["reserve_ms_p50"]
+        row["ratio_to_smallest"] = round(ratio, 2)
+        vac = "n/a | n/a"
+        if "reserve_ms_p50_vacuumed" in row:
+            vratio = row["reserve_ms_p50_vacuumed"] / base["reserve_ms_p50_vacuumed"]
+            row["ratio_to_smallest_vacuumed"] = round(vratio, 2)
+            vac = f"{row['reserve_ms_p50_vacuumed']} | {vratio:.2f}"
+        lines.append(f"| {row['broker']} | {row['backlog']:,} | {row['reserves_to_clear']} "
+                     f"| {row['clear_s']} | {row['reserve_ms_p50']} | {ratio:.2f} | {vac} |")
+    print("\n".join(lines))
+    if not args.no_write:
+        write_results({"mode": "backlog", "rows": rows, "table": lines}, "backlog",
+                      args.latest)

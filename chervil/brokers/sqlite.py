@@ -52,25 +52,32 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
-PARK_BATCH = 5000  # jobs of one full key parked per look; the rest at the next reserve
+PARK_BATCH = 5000  # jobs of one full key or paused task parked per look
 
 
 def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
     """Pick up to ``want`` ready ids of ``queue`` that flow control lets run now.
 
-    Candidates come from SQL already past paused tasks and empty buckets; here the batch is
-    kept within each key's free slots and tokens, and the tokens taken are written back.
-    The jobs of a key found full are parked (see sqlite_0004_parked_jobs.sql) and the
-    candidates read again past them, so a backlog behind one key is stepped over once.
+    Candidates come from SQL already past empty buckets; here the batch is kept within
+    each key's free slots and tokens, and the tokens taken are written back. The jobs of a
+    paused task, or of a key found full, are parked (sqlite_0004 and sqlite_0005) and the
+    candidates read again past them, so such a backlog is stepped over once.
     """
     ids: list[str] = []
     free: dict[str, int] = {}
     buckets: dict[str, list[float]] = {}  # key -> [tokens, rate, burst]
+    paused = {r[0] for r in conn.execute(Q["paused_tasks"])}
     for _ in range(20):  # at most 20 x PARK_BATCH jobs parked by one reserve
-        parked = []
+        parked, full, held = False, [], set()
         rows = conn.execute(Q["reserve_candidates"], (queue, now, want * 4 + 16)).fetchall()
-        for job_id, limit_key, limit_n, rate_key, rate, burst in rows:
+        for job_id, task, limit_key, limit_n, rate_key, rate, burst in rows:
             if job_id in ids:
+                continue
+            if task in paused:
+                if task not in held:
+                    held.add(task)
+                    conn.execute(Q["park_task"], (queue, task, PARK_BATCH))
+                    parked = True
                 continue
             if limit_key is not None:
                 if limit_key not in free:
@@ -78,7 +85,8 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
                     free[limit_key] = limit_n - running
                     if free[limit_key] <= 0:
                         conn.execute(Q["park_key"], (limit_key, running, PARK_BATCH))
-                        parked.append(limit_key)
+                        parked = True
+                        full.append(limit_key)
                 if free[limit_key] <= 0:
                     continue
             if rate_key is not None:
@@ -96,7 +104,7 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
                 break
         if not parked or len(ids) >= want:
             break
-        for key in parked:  # counted again if their jobs still stand at the head
+        for key in full:  # counted again if their jobs still stand at the head
             del free[key]
     for key, (tokens, rate, burst) in buckets.items():
         conn.execute(Q["save_bucket"], (key, tokens, now, rate, burst))
@@ -363,7 +371,11 @@ class SQLiteBroker(Broker):
 
     # -- flow control and scheduling ------------------------------------------------------
     def set_task_paused(self, task: str, paused: bool) -> None:
-        self.db.write(lambda c: c.execute(Q["pause_task" if paused else "resume_task"], (task,)))
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["pause_task" if paused else "resume_task"], (task,))
+            if not paused:  # its parked jobs come back (sqlite_0005)
+                conn.execute(Q["unpark_task"], (task,))
+        self.db.write(tx)
         if not paused:
             self._waker.notify()
 

@@ -182,6 +182,29 @@ def test_paused_task_is_held_not_failed(broker: Broker) -> None:
     assert r.task == "app.report" and r.attempts == 1
 
 
+def test_a_backlog_of_a_paused_task_holds_back_nothing_else(broker: Broker) -> None:
+    """Thousands of jobs of a paused task ahead of the others: a few reserves reach the
+    others; resumed, the task's jobs all come back, in order, none spent an attempt."""
+    backlog = [job(task="app.report", priority=1) for _ in range(3000)]
+    for i in range(0, len(backlog), 500):
+        broker.enqueue(backlog[i:i + 500])
+    others = [job(task="app.mail") for _ in range(30)]
+    broker.enqueue(others)
+    broker.set_task_paused("app.report", True)
+    got: list = []
+    for _ in range(60):  # Redis parks a reserve's candidate window per call: ~30 calls
+        got += broker.reserve(["default"], 10, "w", LEASE)
+        if len(got) == len(others):
+            break
+    assert sorted(j.id for j in got) == sorted(j.id for j in others)
+    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
+    assert stats["queued"] == len(backlog)
+    broker.set_task_paused("app.report", False)
+    taken = broker.reserve(["default"], 100, "w", LEASE)
+    assert [j.id for j in taken] == [j.id for j in backlog[:100]]
+    assert all(j.attempts == 1 for j in taken)
+
+
 def test_schedule_marks_never_move_back(broker: Broker) -> None:
     assert broker.schedule_marks() == {}
     broker.mark_schedule("nightly", 100.0)

@@ -333,3 +333,20 @@ def test_a_parked_job_whose_slot_freed_unseen_comes_back(broker: PostgresBroker,
     assert broker.reserve(["default"], 10, "w", LEASE) == []
     [b] = broker.reserve(["default"], 10, "w", LEASE)
     assert b.id == jobs[1].id
+
+
+def test_jobs_parked_for_a_task_resumed_meanwhile_come_back(broker: PostgresBroker,
+                                                            schema: str) -> None:
+    """Jobs a reserve parked for a paused task while the task was being resumed (the
+    resume saw nothing to bring back) come back by the sweep in recover."""
+    jobs = [new() for _ in range(3)]
+    broker.enqueue(jobs)
+    with psycopg.connect(POSTGRES_URL) as conn:  # the race's outcome, made directly
+        conn.execute(sql.SQL("UPDATE {}.jobs SET park = 't'").format(sql.Identifier(schema)))
+    assert broker.reserve(["default"], 10, "w", LEASE) == []  # short: it sweeps
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(sql.SQL("UPDATE {}.jobs SET park = 't', status = 'queued'")
+                     .format(sql.Identifier(schema)))
+    assert broker.recover() == 0
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3

@@ -218,8 +218,9 @@ WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
 RETURNING j.id;
 
 -- name: unpark
--- Parked jobs of limit keys with free slots come back (see postgres_0005_parked_jobs.sql).
-SELECT {s}.unpark_free_keys(%(keys)s, '');
+-- Parked jobs of limit keys with free slots, and of tasks no longer paused, come back (see
+-- postgres_0005_parked_jobs.sql and postgres_0006_parked_paused_tasks.sql).
+SELECT {s}.unpark_free_keys(%(keys)s, ''), {s}.unpark_resumed_tasks(%(keys)s);
 
 -- name: next_due
 -- Seconds until the earliest scheduled job of these queues is due (NULL: none).
@@ -325,8 +326,11 @@ DELETE FROM {s}.leases WHERE name = %(name)s AND owner = %(owner)s;
 INSERT INTO {s}.paused_tasks (task) VALUES (%(task)s) ON CONFLICT DO NOTHING;
 
 -- name: resume_task
--- Resuming a task type wakes every idle worker (an empty payload means every queue).
-WITH gone AS (DELETE FROM {s}.paused_tasks WHERE task = %(task)s RETURNING task)
+-- Resuming a task type brings back its parked jobs and wakes every idle worker (an empty
+-- payload means every queue).
+WITH gone AS (DELETE FROM {s}.paused_tasks WHERE task = %(task)s RETURNING task),
+back AS (UPDATE {s}.jobs SET park = NULL
+         WHERE task = %(task)s AND park = 't' AND status IN ('scheduled', 'queued'))
 SELECT pg_notify(%(channel)s, '')::text FROM gone;
 
 -- name: paused_tasks

@@ -48,12 +48,12 @@ RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lo
     lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
 
 -- name: reserve_candidates
--- Ready jobs of one queue not of a paused task nor behind an empty bucket, as far as SQL
--- can tell. Jobs of a full limit key are among them: the broker parks them (see
--- sqlite_0004_parked_jobs.sql), then checks limits and tokens inside the batch itself.
-SELECT id, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
+-- Ready jobs of one queue not behind an empty bucket, as far as SQL can tell. Jobs of a
+-- full limit key or of a paused task are among them: the broker parks them (see
+-- sqlite_0004_parked_jobs.sql and sqlite_0005), then checks limits and tokens inside the
+-- batch itself.
+SELECT id, task, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
 WHERE status = 'queued' AND queue = ?1 AND park IS NULL
-  AND task NOT IN (SELECT task FROM chervil_paused_tasks)
   AND (rate_key IS NULL OR rate_key NOT IN (
        SELECT key FROM chervil_buckets WHERE tokens + (?2 - updated_at) * rate < 1))
 ORDER BY priority DESC, run_at, id LIMIT ?3;
@@ -79,6 +79,16 @@ UPDATE chervil_jobs SET park = 'l'
 WHERE id IN (SELECT id FROM chervil_jobs INDEXED BY chervil_jobs_key_waiting
              WHERE status = 'queued' AND limit_key = ?1 AND park IS NULL AND limit_n <= ?2
              ORDER BY priority DESC, run_at, id LIMIT ?3);
+
+-- name: park_task
+-- Park up to ?3 ready jobs of paused task ?2 in queue ?1, from the head.
+UPDATE chervil_jobs SET park = 't'
+WHERE id IN (SELECT id FROM chervil_jobs
+             WHERE status = 'queued' AND queue = ?1 AND park IS NULL AND task = ?2
+             ORDER BY priority DESC, run_at, id LIMIT ?3);
+
+-- name: unpark_task
+UPDATE chervil_jobs SET park = NULL WHERE task = ? AND status = 'queued' AND park = 't';
 
 -- name: bucket
 SELECT tokens, updated_at FROM chervil_buckets WHERE key = ?;

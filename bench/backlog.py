@@ -1,8 +1,9 @@
-"""Backlog mode: does a backlog behind one held lock slow down the rest of its queue?
+"""Backlog mode: does a backlog that may not run slow down the rest of its queue?
 
 ``python -m bench backlog [--broker sqlite|redis|postgres] [--quick]``: for each broker,
-N jobs with ``lock="acct:1"`` (one held by a running job), then 2,000 plain jobs behind
-them in the same queue. Reported, for N = 2,000 and N = 100,000 (20,000 with --quick):
+N jobs that may not run now, then 20,000 plain jobs behind them in the same queue; the N
+jobs are either behind one held lock (``lock="acct:1"``, one of them running) or of a
+paused task. Reported, for N = 2,000 and N = 100,000 (20,000 with --quick):
 
 - the reserves, and the time, until a reserve of 8 comes back full: the broker stepping
   over (or parking) the backlog once;
@@ -32,8 +33,10 @@ from .report import log, write_results
 
 SIZES = (2_000, 100_000)
 QUICK_SIZES = (2_000, 20_000)
-PLAIN = 2_000
+PLAIN = 20_000  # enough for the reserves that take some while the backlog is parked
+MAX_RESERVES = 10_000
 SAMPLES = 50
+KINDS = {"lock": "behind one held lock", "paused": "of a paused task"}
 
 
 def _url(broker: str, tmp: Path, tag: str) -> str:
@@ -68,8 +71,8 @@ def _reserve_p50(b: Any) -> float:
     return round(statistics.median(times) * 1000, 3)
 
 
-def measure(broker: str, n: int, tmp: Path) -> dict[str, Any]:
-    tag = f"{broker}{n}"
+def measure(broker: str, kind: str, n: int, tmp: Path) -> dict[str, Any]:
+    tag = f"{broker}{kind}{n}"
     app = Chervil(_url(broker, tmp, tag))
     _drop(app, broker, tag)
 
@@ -84,16 +87,20 @@ def measure(broker: str, n: int, tmp: Path) -> dict[str, Any]:
         for i in range(0, n, 1000):
             app.enqueue_many([hot.prepare(1) for _ in range(min(1000, n - i))])
         app.enqueue_many([other.prepare(i) for i in range(PLAIN)])
-        [first] = b.reserve(["q"], 1, "bench", 600)
-        assert first.task == "hot"
+        if kind == "lock":
+            [first] = b.reserve(["q"], 1, "bench", 600)
+            assert first.task == "hot"
+        else:
+            b.set_task_paused("hot", True)
         t0, reserves = time.perf_counter(), 0
-        while True:
+        while len(b.reserve(["q"], 8, "bench", 600)) < 8:
             reserves += 1
-            if len(b.reserve(["q"], 8, "bench", 600)) == 8:
-                break
+            if reserves > MAX_RESERVES:
+                raise RuntimeError(f"{broker} {kind} {n}: no full reserve in {reserves}")
+        reserves += 1
         clear_s = time.perf_counter() - t0
-        out = {"backlog": n, "reserves_to_clear": reserves, "clear_s": round(clear_s, 3),
-               "reserve_ms_p50": _reserve_p50(b)}
+        out = {"kind": kind, "backlog": n, "reserves_to_clear": reserves,
+               "clear_s": round(clear_s, 3), "reserve_ms_p50": _reserve_p50(b)}
         if broker == "postgres":  # what autovacuum leaves: the parked rows' old index entries gone
             import psycopg
 
@@ -112,15 +119,16 @@ def run_backlog(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for broker in brokers:
-            for n in sizes:
-                log(f"{broker}: {n:,} jobs behind one lock")
-                rows.append({"broker": broker, **measure(broker, n, Path(tmp))})
-    lines = [f"### a backlog behind one held lock: reserve of 8 other jobs "
+            for kind in KINDS:
+                for n in sizes:
+                    log(f"{broker}: {n:,} jobs {KINDS[kind]}")
+                    rows.append({"broker": broker, **measure(broker, kind, n, Path(tmp))})
+    lines = [f"### a backlog that may not run: reserve of 8 other jobs "
              f"({PLAIN:,} behind it), median of {SAMPLES}", "",
              "| broker | backlog | reserves to clear | time to clear s | reserve p50 ms "
              "| x smallest | after VACUUM ms | x smallest |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        base = next(r for r in rows if r["broker"] == row["broker"])
+        base = next(r for r in rows if r["broker"] == row["broker"] and r["kind"] == row["kind"])
         ratio = row["reserve_ms_p50"] / base["reserve_ms_p50"]
         row["ratio_to_smallest"] = round(ratio, 2)
         vac = "n/a | n/a"
@@ -128,7 +136,8 @@ def run_backlog(args: argparse.Namespace) -> None:
             vratio = row["reserve_ms_p50_vacuumed"] / base["reserve_ms_p50_vacuumed"]
             row["ratio_to_smallest_vacuumed"] = round(vratio, 2)
             vac = f"{row['reserve_ms_p50_vacuumed']} | {vratio:.2f}"
-        lines.append(f"| {row['broker']} | {row['backlog']:,} | {row['reserves_to_clear']} "
+        lines.append(f"| {row['broker']} | {row['backlog']:,} {KINDS[row['kind']]} "
+                     f"| {row['reserves_to_clear']} "
                      f"| {row['clear_s']} | {row['reserve_ms_p50']} | {ratio:.2f} | {vac} |")
     print("\n".join(lines))
     if not args.no_write:

@@ -286,17 +286,21 @@ WHERE {where}
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: queue_stats
--- Live jobs from the partial index jobs_live; finished ones from terminal_counts.
-SELECT 'count' AS kind, queue, status, count(*)::float8 AS value
-FROM {s}.jobs WHERE status IN ('scheduled', 'queued', 'running')
-GROUP BY queue, status
+-- Live jobs from the partial index jobs_live, read once for both their counts and the
+-- oldest ready job per queue; finished ones from terminal_counts.
+WITH live AS MATERIALIZED (
+    SELECT queue, status, count(*) AS n,
+           min(run_at) FILTER (WHERE status = 'queued' OR run_at <= {now}) AS oldest
+    FROM {s}.jobs WHERE status IN ('scheduled', 'queued', 'running')
+    GROUP BY queue, status
+)
+SELECT 'count' AS kind, queue, status, n::float8 AS value FROM live
 UNION ALL
 SELECT 'count', queue, status, sum(n)::float8
 FROM {s}.terminal_counts GROUP BY queue, status HAVING sum(n) <> 0
 UNION ALL
-SELECT 'age', queue, NULL, greatest(0, {now} - min(run_at))
-FROM {s}.jobs
-WHERE status IN ('scheduled', 'queued') AND (status = 'queued' OR run_at <= {now})
+SELECT 'age', queue, NULL, greatest(0, {now} - min(oldest))
+FROM live WHERE status <> 'running' AND oldest IS NOT NULL
 GROUP BY queue
 UNION ALL
 SELECT 'paused', name, NULL, paused::integer::float8 FROM {s}.queues;

@@ -219,7 +219,7 @@ RETURNING j.id;
 
 -- name: unpark
 -- Parked jobs of limit keys with free slots, and of tasks no longer paused, come back (see
--- postgres_0005_parked_jobs.sql and postgres_0006_parked_paused_tasks.sql).
+-- postgres_0005_parked_jobs.sql).
 SELECT {s}.unpark_free_keys(%(keys)s, ''), {s}.unpark_resumed_tasks(%(keys)s);
 
 -- name: next_due

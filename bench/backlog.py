@@ -2,8 +2,9 @@
 
 ``python -m bench backlog [--broker sqlite|redis|postgres] [--quick]``: for each broker,
 N jobs that may not run now, then 20,000 plain jobs behind them in the same queue; the N
-jobs are either behind one held lock (``lock="acct:1"``, one of them running) or of a
-paused task. Reported, for N = 2,000 and N = 100,000 (20,000 with --quick):
+jobs are behind one held lock (``lock="acct:1"``, one of them running), of a paused task,
+or of a rate-limited task whose bucket is empty (``rate_limit="1/m"``, one of them taken).
+Reported, for N = 2,000 and N = 100,000 (20,000 with --quick):
 
 - the reserves, and the time, until a reserve of 8 comes back full: the broker stepping
   over (or parking) the backlog once;
@@ -36,7 +37,8 @@ QUICK_SIZES = (2_000, 20_000)
 PLAIN = 20_000  # enough for the reserves that take some while the backlog is parked
 MAX_RESERVES = 10_000
 SAMPLES = 50
-KINDS = {"lock": "behind one held lock", "paused": "of a paused task"}
+KINDS = {"lock": "behind one held lock", "paused": "of a paused task",
+         "rate": "of an empty bucket"}
 
 
 def _url(broker: str, tmp: Path, tag: str) -> str:
@@ -76,7 +78,10 @@ def measure(broker: str, kind: str, n: int, tmp: Path) -> dict[str, Any]:
     app = Chervil(_url(broker, tmp, tag))
     _drop(app, broker, tag)
 
-    @app.task(name="hot", queue="q", lock="acct:{a}")
+    held: dict[str, Any] = {"lock": {"lock": "acct:{a}"}, "rate": {"rate_limit": "1/m"},
+                            "paused": {}}
+
+    @app.task(name="hot", queue="q", **held[kind])
     def hot(a: int) -> None: ...
 
     @app.task(name="other", queue="q")
@@ -87,7 +92,7 @@ def measure(broker: str, kind: str, n: int, tmp: Path) -> dict[str, Any]:
         for i in range(0, n, 1000):
             app.enqueue_many([hot.prepare(1) for _ in range(min(1000, n - i))])
         app.enqueue_many([other.prepare(i) for i in range(PLAIN)])
-        if kind == "lock":
+        if kind in ("lock", "rate"):
             [first] = b.reserve(["q"], 1, "bench", 600)
             assert first.task == "hot"
         else:

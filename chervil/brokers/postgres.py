@@ -33,7 +33,10 @@ full, met at the head of a queue, are parked (``park``), out of the index reserv
 a backlog behind one lock costs reserve nothing; a job leaving ``running`` brings back the
 first parked job of its key (a trigger), and a sweep (``unpark_free_keys``, run by recover
 and by a reserve that comes back short) brings back any the trigger missed
-(postgres_0005_parked_jobs.sql).
+(postgres_0005_parked_jobs.sql). Jobs of an empty token bucket are parked the same way
+until their token is due (``park_due``, one token apart per key); reserve brings back the
+due ones of its queues first, and ``next_due`` counts them, so a waiting worker wakes for
+them (postgres_0006_parked_rate_jobs.sql).
 
 Round trips per call: enqueue 1 (a plain insert when no job of the batch has a unique,
 limit or rate key; two statements pipelined when the batch has unique keys), reserve 1,

@@ -52,24 +52,25 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
-PARK_BATCH = 5000  # jobs of one full key or paused task parked per look
+PARK_BATCH = 5000  # jobs of one full key, paused task or empty bucket parked per look
 
 
 def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
     """Pick up to ``want`` ready ids of ``queue`` that flow control lets run now.
 
-    Candidates come from SQL already past empty buckets; here the batch is kept within
-    each key's free slots and tokens, and the tokens taken are written back. The jobs of a
-    paused task, or of a key found full, are parked (sqlite_0004 and sqlite_0005) and the
-    candidates read again past them, so such a backlog is stepped over once.
+    The batch is kept within each key's free slots and tokens, and the tokens taken are
+    written back. The jobs of a paused task, of a key found full or of an empty bucket are
+    parked (sqlite_0004 to sqlite_0006) and the candidates read again past them, so such a
+    backlog is stepped over once.
     """
     ids: list[str] = []
     free: dict[str, int] = {}
     buckets: dict[str, list[float]] = {}  # key -> [tokens, rate, burst]
     paused = {r[0] for r in conn.execute(Q["paused_tasks"])}
     for _ in range(20):  # at most 20 x PARK_BATCH jobs parked by one reserve
-        parked, full, held = False, [], set()
-        rows = conn.execute(Q["reserve_candidates"], (queue, now, want * 4 + 16)).fetchall()
+        parked, full = False, []
+        held: set[object] = set()  # paused tasks, ("rate", key) of empty buckets
+        rows = conn.execute(Q["reserve_candidates"], (queue, want * 4 + 16)).fetchall()
         for job_id, task, limit_key, limit_n, rate_key, rate, burst in rows:
             if job_id in ids:
                 continue
@@ -95,6 +96,11 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
                     tokens = burst if b is None else min(burst, b[0] + (now - b[1]) * rate)
                     buckets[rate_key] = [tokens, rate, burst]
                 if buckets[rate_key][0] < 1:
+                    if ("rate", rate_key) not in held:
+                        held.add(("rate", rate_key))
+                        conn.execute(Q["park_rate"], (rate_key, now, buckets[rate_key][0],
+                                                      rate, PARK_BATCH, json.dumps(ids)))
+                        parked = True
                     continue
                 buckets[rate_key][0] -= 1
             if limit_key is not None:
@@ -201,6 +207,7 @@ class SQLiteBroker(Broker):
             return []
         token = uuid.uuid4().hex
         conn.execute(Q["promote_due"], (now,))
+        conn.execute(Q["unpark_rate_due"], (now,))
         paused = {r[0] for r in conn.execute(Q["paused_queues"])}
         jobs: list[Job] = []
         for queue in queues:

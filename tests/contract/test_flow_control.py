@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 from chervil.brokers.base import Broker, Lease, NewJob, Outcome
 from chervil.clock import FakeClock
@@ -24,6 +25,26 @@ def job(**kw: object) -> NewJob:
 
 def done(broker: Broker, j: object) -> None:
     assert broker.finish([Outcome(j.id, j.lease_token, JobStatus.SUCCEEDED)]) == [True]  # type: ignore[attr-defined]
+
+
+def backlog_then_others(broker: Broker, backlog: list[NewJob]) -> list[NewJob]:
+    """Enqueue ``backlog`` (in batches of 500), then 30 plain jobs behind it."""
+    for i in range(0, len(backlog), 500):
+        broker.enqueue(backlog[i:i + 500])
+    others = [job() for _ in range(30)]
+    broker.enqueue(others)
+    return others
+
+
+def reserve_others(broker: Broker, others: list[NewJob], calls: int = 60) -> None:
+    """Reserve (batches of 10) until ``others`` are all taken, the brokers parking the
+    backlog ahead of them as they meet it; nothing else is taken."""
+    got: list = []
+    for _ in range(calls):
+        got += broker.reserve(["default"], 10, "w", LEASE)
+        if len(got) >= len(others):
+            break
+    assert sorted(j.id for j in got) == sorted(j.id for j in others)
 
 
 def test_unique_while_queued_lets_a_running_job_be_followed(broker: Broker) -> None:
@@ -131,16 +152,10 @@ def test_a_backlog_behind_a_lock_holds_back_nothing_else(broker: Broker) -> None
     1,000 per reserve on PostgreSQL), and the lock's jobs then run one at a time, in
     order."""
     backlog = [job(limit_key="lock:hot", limit_n=1, priority=1) for _ in range(3000)]
-    for i in range(0, len(backlog), 500):
-        broker.enqueue(backlog[i:i + 500])
-    others = [job() for _ in range(30)]
-    broker.enqueue(others)
+    others = backlog_then_others(broker, backlog)
     [first] = broker.reserve(["default"], 1, "w", LEASE)
     assert first.id == backlog[0].id
-    got: list = []
-    for _ in range(10):
-        got += broker.reserve(["default"], 10, "w", LEASE)
-    assert sorted(j.id for j in got) == sorted(j.id for j in others)
+    reserve_others(broker, others)
     stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
     assert stats["queued"] == len(backlog) - 1
     for want in backlog[1:4]:  # each freed slot lets the next one in, and only it
@@ -186,23 +201,49 @@ def test_a_backlog_of_a_paused_task_holds_back_nothing_else(broker: Broker) -> N
     """Thousands of jobs of a paused task ahead of the others: a few reserves reach the
     others; resumed, the task's jobs all come back, in order, none spent an attempt."""
     backlog = [job(task="app.report", priority=1) for _ in range(3000)]
-    for i in range(0, len(backlog), 500):
-        broker.enqueue(backlog[i:i + 500])
-    others = [job(task="app.mail") for _ in range(30)]
-    broker.enqueue(others)
+    others = backlog_then_others(broker, backlog)
     broker.set_task_paused("app.report", True)
-    got: list = []
-    for _ in range(60):  # Redis parks a reserve's candidate window per call: ~30 calls
-        got += broker.reserve(["default"], 10, "w", LEASE)
-        if len(got) == len(others):
-            break
-    assert sorted(j.id for j in got) == sorted(j.id for j in others)
+    reserve_others(broker, others)  # Redis parks a reserve's candidate window per call
     stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
     assert stats["queued"] == len(backlog)
     broker.set_task_paused("app.report", False)
     taken = broker.reserve(["default"], 100, "w", LEASE)
     assert [j.id for j in taken] == [j.id for j in backlog[:100]]
     assert all(j.attempts == 1 for j in taken)
+
+
+def test_a_rate_limited_backlog_holds_back_nothing_else(broker: Broker,
+                                                       clock: FakeClock) -> None:
+    """Thousands of jobs of an empty token bucket ahead of the others: a few reserves
+    reach the others (the brokers park the bucket's jobs until their token is due), and
+    the bucket's jobs then come back one per token, in order, none spent an attempt."""
+    backlog = [job(rate_key="rate:slow", rate_per_second=1.0, rate_burst=1.0, priority=1)
+               for _ in range(3000)]
+    others = backlog_then_others(broker, backlog)
+    [first] = broker.reserve(["default"], 1, "w", LEASE)
+    assert first.id == backlog[0].id
+    reserve_others(broker, others)
+    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
+    assert stats["queued"] == len(backlog) - 1
+    for want in backlog[1:4]:  # one token a second, one job per token
+        clock.advance(1.0)
+        [taken] = broker.reserve(["default"], 10, "w", LEASE)
+        assert taken.id == want.id and taken.attempts == 1
+        assert broker.reserve(["default"], 10, "w", LEASE) == []
+    clock.advance(3.0)
+    assert [j.id for j in broker.reserve(["default"], 10, "w", LEASE)] == [backlog[4].id]
+
+
+def test_an_idle_worker_wakes_when_a_token_is_due(broker: Broker) -> None:
+    """A job held back by its bucket wakes a waiting worker when its token is due, not
+    at the end of the wait's timeout."""
+    broker.enqueue([job(rate_key="rate:w", rate_per_second=4.0, rate_burst=1.0)
+                    for _ in range(2)])
+    assert len(broker.reserve(["default"], 10, "w", LEASE)) == 1
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    started = time.monotonic()
+    broker.wait(["default"], timeout=20.0)
+    assert time.monotonic() - started < 10.0, "wait() slept past the token's due time"
 
 
 def test_schedule_marks_never_move_back(broker: Broker) -> None:

@@ -350,3 +350,65 @@ def test_jobs_parked_for_a_task_resumed_meanwhile_come_back(broker: PostgresBrok
                      .format(sql.Identifier(schema)))
     assert broker.recover() == 0
     assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3
+
+
+def _rate_parked(schema: str) -> list[tuple[str, float]]:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute(sql.SQL("SELECT id, park_due FROM {}.jobs WHERE park = 'r' "
+                                    "ORDER BY park_due").format(sql.Identifier(schema)))
+        return [(r[0], float(r[1])) for r in rows]
+
+
+def test_jobs_of_an_empty_bucket_are_parked_one_token_apart(broker: PostgresBroker,
+                                                            schema: str,
+                                                            clock: FakeClock) -> None:
+    """The rows behind the contract test of the rate-limited backlog: reserve parks the
+    jobs of an empty bucket it meets at the head (1,000 per reserve), the n-th due when
+    the bucket will hold n tokens, in their order; a later parking lines up after the
+    key's last parked job."""
+    backlog = [new(rate_key="rate:r", rate_per_second=2.0, rate_burst=1.0)
+               for _ in range(1500)]
+    broker.enqueue(backlog)
+    now = clock.now()
+    [first] = broker.reserve(["default"], 1, "w", LEASE)
+    assert first.id == backlog[0].id
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    parked = _rate_parked(schema)
+    assert [i for i, _ in parked] == [j.id for j in backlog[1:1001]]
+    assert [due for _, due in parked[:3]] == [now + 0.5, now + 1.0, now + 1.5]
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    parked = _rate_parked(schema)
+    assert [i for i, _ in parked] == [j.id for j in backlog[1:]]
+    assert parked[-1][1] == now + 0.5 * (len(backlog) - 1)
+    clock.advance(0.5)  # one token: the first parked job comes back, and only it
+    assert [j.id for j in broker.reserve(["default"], 10, "w", LEASE)] == [backlog[1].id]
+    assert len(_rate_parked(schema)) == len(backlog) - 2
+
+
+def test_reserve_and_next_due_read_no_parked_backlog(broker: PostgresBroker, schema: str,
+                                                     clock: FakeClock) -> None:
+    """With thousands of parked jobs (of an empty bucket and of a held lock) and fresh
+    statistics that say so, reserve and next_due read jobs only through indexes: no
+    sequential scan of jobs, and few rows (counted by the server's statistics of the
+    transaction, which see inside reserve_flow and flow_in_force)."""
+    broker.enqueue([new(rate_key="rate:s", rate_per_second=0.01, rate_burst=1.0)
+                    for _ in range(3000)])
+    broker.enqueue([new(limit_key="lock:s", limit_n=1) for _ in range(3000)])
+    broker.enqueue([new() for _ in range(100)])
+    while len(broker.reserve(["default"], 10, "w", LEASE)) == 0 or _parked(schema) < 2999:
+        pass
+    assert len(_rate_parked(schema)) == 2999
+    jobs = sql.Identifier(schema, "jobs")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(jobs))
+    with psycopg.connect(POSTGRES_URL) as conn:
+        for name, params in [("reserve", {"queues": ["default"], "limit": 10, "worker": "w",
+                                          "lease": LEASE, "token": "t"}),
+                             ("next_due", {"queues": ["default"]})]:
+            conn.execute(broker._q[name], broker._params(**params)).fetchall()
+            seq, seq_read, idx_read = conn.execute(
+                "SELECT seq_scan, seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables "
+                "WHERE relid = %s::regclass", (jobs.as_string(conn),)).fetchone() or (0, 0, 0)
+            assert seq == 0 and seq_read == 0, f"{name} scanned jobs"
+            assert idx_read < 500, f"{name} read {idx_read} rows of jobs"
+        conn.rollback()

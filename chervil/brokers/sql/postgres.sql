@@ -223,20 +223,29 @@ RETURNING j.id;
 SELECT {s}.unpark_free_keys(%(keys)s, ''), {s}.unpark_resumed_tasks(%(keys)s);
 
 -- name: next_due
--- Seconds until the earliest scheduled job of these queues is due (NULL: none).
-SELECT min(run_at) - {now} FROM {s}.jobs
-WHERE status = 'scheduled' AND queue = ANY(%(queues)s::text[]);
+-- Seconds until the earliest scheduled job of these queues is due, or the earliest job
+-- parked for its token (NULL: none).
+-- Queue by queue, each the first entry of an index (jobs_live, jobs_rate_due).
+SELECT min(least(s.run_at, r.park_due)) - {now}
+FROM unnest(%(queues)s::text[]) AS q(name)
+LEFT JOIN LATERAL (SELECT j.run_at FROM {s}.jobs AS j
+                   WHERE j.queue = q.name AND j.status = 'scheduled'
+                   ORDER BY j.run_at LIMIT 1) AS s ON true
+LEFT JOIN LATERAL (SELECT j.park_due FROM {s}.jobs AS j
+                   WHERE j.queue = q.name AND j.park = 'r'
+                     AND j.status IN ('scheduled', 'queued')
+                   ORDER BY j.park_due LIMIT 1) AS r ON true;
 
 -- name: requeue
 UPDATE {s}.jobs
 SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL, park = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL, park_due = NULL
 WHERE id = ANY(%(ids)s::text[]) AND status IN ('dead', 'scheduled', 'cancelled');
 
 -- name: requeue_dead
 UPDATE {s}.jobs
 SET status = 'queued', run_at = {now}, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL, park = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL, park_due = NULL
 WHERE status = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text);
 

@@ -48,15 +48,12 @@ RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lo
     lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
 
 -- name: reserve_candidates
--- Ready jobs of one queue not behind an empty bucket, as far as SQL can tell. Jobs of a
--- full limit key or of a paused task are among them: the broker parks them (see
--- sqlite_0004_parked_jobs.sql and sqlite_0005), then checks limits and tokens inside the
--- batch itself.
+-- Ready jobs of one queue, in order. Jobs of a full limit key, of a paused task or of an
+-- empty bucket are among them: the broker parks them (see sqlite_0004_parked_jobs.sql,
+-- sqlite_0005 and sqlite_0006), then checks limits and tokens inside the batch itself.
 SELECT id, task, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
 WHERE status = 'queued' AND queue = ?1 AND park IS NULL
-  AND (rate_key IS NULL OR rate_key NOT IN (
-       SELECT key FROM chervil_buckets WHERE tokens + (?2 - updated_at) * rate < 1))
-ORDER BY priority DESC, run_at, id LIMIT ?3;
+ORDER BY priority DESC, run_at, id LIMIT ?2;
 
 -- name: reserve_ids
 -- "(?)" is widened to one placeholder per id by the broker.
@@ -89,6 +86,32 @@ WHERE id IN (SELECT id FROM chervil_jobs
 
 -- name: unpark_task
 UPDATE chervil_jobs SET park = NULL WHERE task = ? AND status = 'queued' AND park = 't';
+
+-- name: park_rate
+-- Park up to ?5 ready jobs of rate key ?1 from the head, but the ids in the JSON array
+-- ?6: the n-th one due when the bucket, holding ?3 tokens at ?2 and refilling ?4 a
+-- second, will hold n tokens, and not before n / ?4 after the key's last parked job (jobs
+-- with a token now are left ready).
+UPDATE chervil_jobs SET park = 'r', park_due = p.due
+FROM (SELECT h.id,
+             max(?2 + (h.n - ?3) / ?4,
+                 COALESCE((SELECT max(d.park_due) FROM chervil_jobs AS d
+                           INDEXED BY chervil_jobs_rate_parked
+                           WHERE d.status = 'queued' AND d.park = 'r' AND d.rate_key = ?1)
+                          + h.n / ?4, ?2 + (h.n - ?3) / ?4)) AS due
+      FROM (SELECT w.id, row_number() OVER (ORDER BY w.priority DESC, w.run_at, w.id) AS n
+            FROM (SELECT id, priority, run_at FROM chervil_jobs
+                  INDEXED BY chervil_jobs_rate_waiting
+                  WHERE status = 'queued' AND rate_key = ?1 AND park IS NULL
+                    AND id NOT IN (SELECT value FROM json_each(?6))
+                  ORDER BY priority DESC, run_at, id LIMIT ?5) AS w) AS h) AS p
+WHERE chervil_jobs.id = p.id AND p.due > ?2;
+
+-- name: unpark_rate_due
+-- The parked jobs whose token is due come back.
+UPDATE chervil_jobs SET park = NULL, park_due = NULL
+WHERE id IN (SELECT id FROM chervil_jobs INDEXED BY chervil_jobs_rate_due
+             WHERE status = 'queued' AND park = 'r' AND park_due <= ?);
 
 -- name: bucket
 SELECT tokens, updated_at FROM chervil_buckets WHERE key = ?;
@@ -163,13 +186,13 @@ WHERE id = ? AND lease_token = ? AND status = 'running';
 -- name: requeue
 UPDATE chervil_jobs
 SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL, park = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL, park_due = NULL
 WHERE id = ? AND status IN ('dead', 'scheduled', 'cancelled');
 
 -- name: requeue_dead
 UPDATE chervil_jobs
 SET status = 'queued', run_at = ?, attempts = 0, lost_leases = 0, dead_reason = NULL,
-    finished_at = NULL, lease_token = NULL, park = NULL
+    finished_at = NULL, lease_token = NULL, park = NULL, park_due = NULL
 WHERE status = 'dead' AND (? IS NULL OR queue = ?) AND (? IS NULL OR task = ?);
 
 -- name: cancel
@@ -213,7 +236,12 @@ SELECT queue, status, COUNT(*) FROM chervil_jobs GROUP BY queue, status;
 SELECT queue, MIN(run_at) FROM chervil_jobs WHERE status = 'queued' GROUP BY queue;
 
 -- name: next_due
-SELECT MIN(run_at) FROM chervil_jobs WHERE status = 'scheduled';
+-- The earliest due time of a scheduled job, or of a job parked for its token.
+SELECT MIN(t) FROM (SELECT MIN(run_at) AS t FROM chervil_jobs
+                    INDEXED BY chervil_jobs_scheduled WHERE status = 'scheduled'
+                    UNION ALL
+                    SELECT MIN(park_due) FROM chervil_jobs INDEXED BY chervil_jobs_rate_due
+                    WHERE status = 'queued' AND park = 'r');
 
 -- name: all_queues
 SELECT name, paused FROM chervil_queues;

@@ -444,6 +444,8 @@ class PostgresBroker(Broker):
                 total += n
                 if n < batch:
                     break
+        while int(self._rows("prune_keys", batch=batch)[0][0]) >= batch:
+            pass  # flow-control rows no job needs any more, in batches as well
         return total
 
     # -- inspecting ----------------------------------------------------------------------

@@ -95,11 +95,12 @@ class AdminVerbs(RedisCore):
             total = 0
             for q in self._all_queues():
                 while True:
-                    [n] = self._scripts.run(self._r, [(
+                    [(n, forgot)] = self._scripts.run(self._r, [(
                         "prune", [self._base(q)],
-                        [repr(float(succeeded_before)), repr(float(dead_before)), batch])])
+                        [repr(float(succeeded_before)), repr(float(dead_before)), batch,
+                         self._now()])])
                     total += int(n)
-                    if int(n) < batch:
+                    if int(n) < batch and int(forgot) < batch:
                         break
             return total
         return self._run(go)

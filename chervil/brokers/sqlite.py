@@ -351,7 +351,15 @@ class SQLiteBroker(Broker):
                                                              batch)).rowcount)
             total += n
             if n < batch:
-                return total
+                break
+        now = self.clock.now()
+        for name in ("prune_unique", "prune_buckets"):  # rows no job needs any more
+            def forget(c: sqlite3.Connection, query: str = Q[name]) -> int:
+                return int(c.execute(query, (now, batch)).rowcount)
+
+            while self.db.write(forget) >= batch:
+                pass
+        return total
 
     # -- inspecting ----------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

@@ -252,3 +252,64 @@ def test_schedule_marks_never_move_back(broker: Broker) -> None:
     broker.mark_schedule("nightly", 50.0)
     broker.mark_schedule("hourly", 7.0)
     assert broker.schedule_marks() == {"nightly": 100.0, "hourly": 7.0}
+
+
+def bookkeeping(broker: Broker) -> dict[str, int]:
+    """The broker's flow-control rows (or Redis hash fields): unique keys held, limit
+    slots, token buckets. Read from the storage itself: no verb of the contract shows
+    them."""
+    from chervil.brokers.postgres import PostgresBroker
+    from chervil.brokers.redis import RedisBroker
+    from chervil.brokers.sqlite import SQLiteBroker
+
+    if isinstance(broker, SQLiteBroker):
+        [(u, b)] = broker.db.read("SELECT (SELECT count(*) FROM chervil_unique), "
+                                  "(SELECT count(*) FROM chervil_buckets)")
+        return {"unique": u, "slots": 0, "buckets": b}
+    if isinstance(broker, PostgresBroker):
+        from psycopg import sql
+
+        with broker._conn() as conn:
+            row = conn.execute(sql.SQL(
+                "SELECT (SELECT count(*) FROM {s}.unique_keys), (SELECT count(*) FROM "
+                "{s}.slots), (SELECT count(*) FROM {s}.buckets)").format(s=broker._schema)
+            ).fetchone()
+        assert row is not None
+        return {"unique": row[0], "slots": row[1], "buckets": row[2]}
+    assert isinstance(broker, RedisBroker)
+    base = broker._base("default")
+    r = broker._r
+    assert r.hlen(f"{base}:uniqw") == r.zcard(f"{base}:uniqx")
+    assert r.hlen(f"{base}:tb") == r.zcard(f"{base}:tbfull")
+    return {"unique": r.hlen(f"{base}:uniq"), "slots": r.hlen(f"{base}:slots"),
+            "buckets": r.hlen(f"{base}:tb")}
+
+
+def test_prune_forgets_the_keys_no_job_needs(broker: Broker, clock: FakeClock) -> None:
+    """Unique keys, limit slots and token buckets do not pile up: once no job holds a
+    key (its job finished, its window passed) and a bucket is full again, prune forgets
+    them, in batches; what a key still does, it keeps doing."""
+    now = clock.now()
+
+    def window(key: str) -> NewJob:
+        return job(unique_key=key, unique_mode="window", unique_until=now + 60)
+
+    broker.enqueue([window(f"u:win{i}") for i in range(5)] + [
+        job(unique_key="u:active"), job(limit_key="lock:p", limit_n=1),
+        job(rate_key="rate:p", rate_per_second=1.0, rate_burst=2.0)])
+    got = broker.reserve(["default"], 10, "w", LEASE)
+    assert len(got) == 8
+    for j in got:
+        done(broker, j)
+    assert broker.prune(0.0, 0.0, batch=2) == 0  # no record old enough: all kept
+    # the windows still hold, and the bucket (one token used) is not full yet
+    assert bookkeeping(broker) == {"unique": 5, "slots": 0, "buckets": 1}
+    assert broker.enqueue([window("u:win0")])[0].duplicate
+    clock.advance(61)
+    assert broker.prune(0.0, 0.0, batch=2) == 0
+    assert bookkeeping(broker) == {"unique": 0, "slots": 0, "buckets": 0}
+    assert not broker.enqueue([window("u:win0")])[0].duplicate
+    # a forgotten bucket is a full one: its burst, then nothing
+    broker.enqueue([job(rate_key="rate:p", rate_per_second=1.0, rate_burst=2.0)
+                    for _ in range(3)])
+    assert sum(j.rate_key == "rate:p" for j in broker.reserve(["default"], 10, "w", LEASE)) == 2

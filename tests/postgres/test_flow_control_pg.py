@@ -412,3 +412,25 @@ def test_reserve_and_next_due_read_no_parked_backlog(broker: PostgresBroker, sch
             assert seq == 0 and seq_read == 0, f"{name} scanned jobs"
             assert idx_read < 500, f"{name} read {idx_read} rows of jobs"
         conn.rollback()
+
+
+def test_prune_passes_over_a_unique_key_a_producer_is_taking(broker: PostgresBroker) -> None:
+    """A producer taking a unique key again (its row locked by the producer's open
+    transaction) is neither waited for nor undone by prune: the key row is skipped, and
+    after the commit the new job holds the key."""
+    [old] = broker.enqueue([new(unique_key="sync:7")])
+    [j] = broker.reserve(["default"], 1, "w", LEASE)
+    assert broker.finish([_done(j)]) == [True]  # the key is free: its row may be pruned
+    with psycopg.connect(POSTGRES_URL) as conn:
+        [again] = broker.enqueue([new(unique_key="sync:7")], connection=conn)
+        assert not again.duplicate and again.id != old.id
+        broker.prune(0.0, 0.0)  # the row is locked by the open transaction: passed over
+        conn.commit()
+    assert broker.enqueue([new(unique_key="sync:7")])[0].id == again.id
+    [j] = broker.reserve(["default"], 1, "w", LEASE)
+    assert broker.finish([_done(j)]) == [True]
+    broker.prune(0.0, 0.0)
+    with broker._conn() as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}.unique_keys")
+                           .format(broker._schema)).fetchone()
+    assert row is not None and row[0] == 0

@@ -13,6 +13,7 @@
 --                               score 0, member id (ZRANGEBYLEX paging)
 --   <base>:uniq          hash   unique_key -> id of the job holding it
 --   <base>:uniqw         hash   unique_key -> held until (unique_mode window)
+--   <base>:uniqx         zset   the same window keys; score held until (prune)
 --   <base>:paused        string present while the queue is paused
 -- Flow control (all per queue: a limit or rate key shared by two queues is two keys):
 --   <base>:slots         hash   limit_key -> running jobs holding a slot
@@ -20,6 +21,7 @@
 --   <base>:lpark:<key>   zset   jobs waiting for a slot of limit_key <key> (ready's
 --                               score and member, so they come back in order)
 --   <base>:tb            hash   rate_key -> "<tokens> <updated_at>" (token bucket)
+--   <base>:tbfull        zset   rate_key -> when its bucket is full again (prune)
 --   <base>:rpark:<key>   zset   jobs waiting for a token of rate_key <key>
 --   <base>:rdue          zset   rate_key -> when its parked jobs are looked at again
 --   <base>:tpark:<task>  zset   jobs of a paused task type
@@ -265,9 +267,11 @@ end
 local function take_unique(base, uk, id, mode, until_s)
   redis.call('HSET', base .. ':uniq', uk, id)
   if mode == 'window' then
-    redis.call('HSET', base .. ':uniqw', uk, until_s ~= '' and until_s or '0')
-  else
-    redis.call('HDEL', base .. ':uniqw', uk)
+    local held = until_s ~= '' and until_s or '0'
+    redis.call('HSET', base .. ':uniqw', uk, held)
+    redis.call('ZADD', base .. ':uniqx', held, uk)
+  elseif redis.call('HDEL', base .. ':uniqw', uk) == 1 then
+    redis.call('ZREM', base .. ':uniqx', uk)
   end
 end
 

@@ -105,6 +105,9 @@ for g = 1, nq do
           if f.limit_key then take_slot(base, f.limit_key) end
           if f.rate_key then
             redis.call('HSET', base .. ':tb', f.rate_key, fmt(tokens - 1) .. ' ' .. now_s)
+            redis.call('ZADD', base .. ':tbfull',
+                       fmt(now + (tonumber(f.burst or '1') - tokens + 1) / tonumber(f.rate or '1')),
+                       f.rate_key)
           end
           local attempts = tonumber(f.attempts or '0') + 1
           redis.call('HSET', h, 'status', 'running', 'attempts', attempts,

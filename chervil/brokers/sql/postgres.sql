@@ -95,8 +95,8 @@ WITH input AS (
     ORDER BY 1
     ON CONFLICT DO NOTHING
 ), buckets AS (
-    INSERT INTO {s}.buckets (key, tokens, updated_at)
-    SELECT i.rate_key, max(i.rate_burst), min(t.now) FROM input AS i, t
+    INSERT INTO {s}.buckets (key, tokens, updated_at, full_at)
+    SELECT i.rate_key, max(i.rate_burst), min(t.now), min(t.now) FROM input AS i, t
     WHERE i.rate_key IS NOT NULL
     GROUP BY i.rate_key
     ORDER BY 1
@@ -277,6 +277,42 @@ DELETE FROM {s}.jobs WHERE id IN (
     SELECT id FROM {s}.jobs
     WHERE status IN ('dead', 'cancelled') AND finished_at < %(before)s
     LIMIT %(batch)s FOR UPDATE SKIP LOCKED);
+
+-- name: prune_keys
+-- Flow-control rows nothing needs any more, at most %(batch)s of each kind: unique keys no
+-- job holds (the mode's rule, as in enqueue), slots of limit keys with no waiting job,
+-- and buckets full again (a missing row is a full bucket). SKIP LOCKED: a row locked is
+-- in use; a unique key taken again since this snapshot (another job_id) is kept.
+WITH u AS (
+    DELETE FROM {s}.unique_keys AS u
+    USING (SELECT k.key, k.job_id FROM {s}.unique_keys AS k
+           LEFT JOIN {s}.jobs AS h ON h.id = k.job_id
+           WHERE NOT COALESCE((k.mode = 'window' AND k.until > {now})
+                   OR (k.mode = 'queued' AND h.status IN ('scheduled', 'queued'))
+                   OR (k.mode = 'active' AND h.status IN ('scheduled', 'queued', 'running')),
+                   false)
+           LIMIT %(batch)s
+           FOR UPDATE OF k SKIP LOCKED) AS c
+    WHERE u.key = c.key AND u.job_id IS NOT DISTINCT FROM c.job_id
+    RETURNING 1
+), sl AS (
+    DELETE FROM {s}.slots WHERE key IN (
+        SELECT k.key FROM {s}.slots AS k
+        WHERE NOT EXISTS (SELECT 1 FROM {s}.jobs AS w WHERE w.limit_key = k.key
+                          AND w.status IN ('scheduled', 'queued') AND w.park IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM {s}.jobs AS p WHERE p.limit_key = k.key
+                          AND p.status IN ('scheduled', 'queued') AND p.park = 'l')
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+), b AS (
+    DELETE FROM {s}.buckets WHERE key IN (
+        SELECT k.key FROM {s}.buckets AS k WHERE k.full_at <= {now}
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM u) + (SELECT count(*) FROM sl) + (SELECT count(*) FROM b);
 
 -- name: get
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,

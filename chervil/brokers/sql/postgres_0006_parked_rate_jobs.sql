@@ -15,6 +15,11 @@
 -- Building the new indexes reads the whole table once, under a lock that holds writes.
 ALTER TABLE jobs ADD COLUMN park_due double precision;
 
+-- prune forgets a bucket once it is full again (a missing bucket is full); rows from
+-- before this version have no full_at and are kept
+ALTER TABLE buckets ADD COLUMN full_at double precision;
+CREATE INDEX buckets_full ON buckets (full_at);
+
 -- bringing back the due ones of a queue (and next_due)
 CREATE INDEX jobs_rate_due ON jobs (queue, park_due)
     WHERE status IN ('scheduled', 'queued') AND park = 'r';
@@ -55,7 +60,7 @@ DECLARE
     e_tok double precision[] := ARRAY[]::double precision[];
     l_keys text[]; l_run bigint[];
     b_keys text[]; b_tok double precision[]; b_at double precision[];
-    b_seen boolean[];
+    b_seen boolean[]; b_rate double precision[]; b_burst double precision[];
     admitted text[] := ARRAY[]::text[];
     i integer; k integer; b integer;
 BEGIN
@@ -194,6 +199,8 @@ BEGIN
                WHERE j.status = 'running' AND j.limit_key = ANY(l_keys)
                GROUP BY j.limit_key) AS r ON r.limit_key = x.key;
     b_seen := array_fill(false, ARRAY[COALESCE(array_length(b_keys, 1), 0)]);
+    b_rate := array_fill(NULL::double precision, ARRAY[COALESCE(array_length(b_keys, 1), 0)]);
+    b_burst := b_rate;
     FOR i IN 1 .. COALESCE(array_length(c_ids, 1), 0) LOOP
         k := NULL;
         b := NULL;
@@ -206,6 +213,8 @@ BEGIN
             CONTINUE WHEN b IS NULL;
             IF NOT b_seen[b] THEN
                 b_seen[b] := true;
+                b_rate[b] := c_rate[i];
+                b_burst[b] := c_burst[i];
                 b_tok[b] := least(c_burst[i], b_tok[b] + (p_now - b_at[b]) * c_rate[i]);
             END IF;
             CONTINUE WHEN b_tok[b] < 1;
@@ -217,18 +226,20 @@ BEGIN
         admitted := admitted || c_ids[i];
     END LOOP;
 
-    -- 4. write back the tokens taken; make missing key rows
+    -- 4. write back the tokens taken (and when the bucket is full again); make missing
+    --    key rows
     IF b_keys IS NOT NULL THEN
-        UPDATE buckets AS e SET tokens = greatest(s.left_, 0), updated_at = p_now
-        FROM unnest(b_keys, b_tok, b_seen) AS s(key, left_, seen)
+        UPDATE buckets AS e SET tokens = greatest(s.left_, 0), updated_at = p_now,
+                                full_at = p_now + (s.burst - greatest(s.left_, 0)) / s.rate
+        FROM unnest(b_keys, b_tok, b_seen, b_rate, b_burst) AS s(key, left_, seen, rate, burst)
         WHERE e.key = s.key AND s.seen;
     END IF;
     INSERT INTO slots (key)
     SELECT DISTINCT x FROM unnest(c_lk) AS x
     WHERE x IS NOT NULL AND NOT x = ANY(COALESCE(l_keys, ARRAY[]::text[]))
     ON CONFLICT DO NOTHING;
-    INSERT INTO buckets (key, tokens, updated_at)
-    SELECT x.key, max(x.burst), p_now FROM unnest(c_rk, c_burst) AS x(key, burst)
+    INSERT INTO buckets (key, tokens, updated_at, full_at)
+    SELECT x.key, max(x.burst), p_now, p_now FROM unnest(c_rk, c_burst) AS x(key, burst)
     WHERE x.key IS NOT NULL AND NOT x.key = ANY(COALESCE(b_keys, ARRAY[]::text[]))
     GROUP BY x.key
     ON CONFLICT DO NOTHING;

@@ -214,6 +214,21 @@ DELETE FROM chervil_jobs WHERE id IN (
        OR (status IN ('dead', 'cancelled') AND finished_at < ?)
     LIMIT ?);
 
+-- name: prune_unique
+-- Unique keys no job holds at ?1 any more (the rule of unique_holder), at most ?2.
+DELETE FROM chervil_unique WHERE key IN (
+    SELECT u.key FROM chervil_unique AS u LEFT JOIN chervil_jobs AS j ON j.id = u.job_id
+    WHERE NOT COALESCE((u.mode = 'window' AND u.until > ?1)
+                       OR (u.mode = 'queued' AND j.status IN ('scheduled', 'queued'))
+                       OR (u.mode = 'active' AND j.status IN ('scheduled', 'queued', 'running')),
+                       0)
+    LIMIT ?2);
+
+-- name: prune_buckets
+-- Token buckets full again at ?1 (a missing bucket is a full one), at most ?2.
+DELETE FROM chervil_buckets WHERE key IN (
+    SELECT key FROM chervil_buckets WHERE tokens + (?1 - updated_at) * rate >= burst LIMIT ?2);
+
 -- name: get
 SELECT id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,

@@ -169,3 +169,33 @@ def test_workers_info_round_trips_through_jsonb(broker: PostgresBroker) -> None:
     [got] = broker.workers()
     assert json.dumps(got.to_dict(), sort_keys=True) == json.dumps(
         {**info.to_dict(), "seen_at": broker.clock.now()}, sort_keys=True)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan] + [n for child in plan.get("Plans", []) for n in _plan_nodes(child)]
+
+
+def test_reserve_walks_the_ready_index_on_a_new_table(broker: PostgresBroker) -> None:
+    """A new table (no statistics yet) with 20,000 waiting jobs: sent the way reserve sends
+    it (sorting made the last resort for the pipeline's implicit transaction), the
+    statement reads the head of jobs_ready and stops, where the planner would otherwise
+    read and sort the whole backlog."""
+    from chervil.brokers.postgres import _RESERVE_PLAN
+
+    for _ in range(4):
+        broker.enqueue([new() for _ in range(5000)])
+    params = broker._params(**broker._reserve_params(["default"], 10, "w", LEASE))
+    with broker._conn() as conn:
+        cur = conn.cursor()
+        with conn.pipeline():
+            conn.execute(_RESERVE_PLAN)
+            cur.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + broker._q["reserve"], params)
+        row = cur.fetchone()
+        assert row is not None
+        nodes = _plan_nodes(row[0][0]["Plan"])
+        assert conn.execute("SHOW enable_sort").fetchone() == ("on",)  # the pipeline's only
+    read = sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0)
+               for n in nodes if n.get("Relation Name") == "jobs"
+               and n["Node Type"] != "ModifyTable")
+    assert not any(n["Node Type"] == "Sort" for n in nodes)
+    assert read <= 100, f"reserve read {read} rows of jobs"

@@ -225,10 +225,7 @@ class PostgresBroker(Broker):
                     results = self._enqueue_on(connection, send, params)
             else:
                 results = self._enqueue_on(connection, send, params)
-        elif any(j.unique_key is not None for j in send):
-            with self._conn() as conn, conn.pipeline(), conn.transaction():
-                results = self._enqueue_on(conn, send, params)
-        else:  # one statement in autocommit: atomic by itself, one round trip
+        else:  # one statement, or two in one pipeline (and its implicit transaction)
             with self._conn() as conn:
                 results = self._enqueue_on(conn, send, params)
         out = []
@@ -261,7 +258,10 @@ class PostgresBroker(Broker):
             return [Enqueued(j.id, duplicate=j.id not in added) for j in send]
         if any(j.unique_key is not None for j in send):
             # Two statements, one round trip: lock the keys, then enqueue with a snapshot
-            # taken after the locks (see lock_unique in postgres.sql).
+            # taken after the locks (see lock_unique in postgres.sql). On the broker's own
+            # (autocommit) connection they share the pipeline's implicit transaction, which
+            # holds the key locks until its one sync: no BEGIN or COMMIT, each of which
+            # would cost psycopg a wait inside the pipeline.
             with conn.pipeline():
                 conn.cursor().execute(self._q["lock_unique"], params)
                 cur.execute(self._q["enqueue"], params)

@@ -67,6 +67,7 @@ class Child:
         self._free = threads
         self._held: dict[str, Job] = {}
         self._pending: list[Outcome] = []  # outcomes not yet recorded in the broker
+        self._ran: set[str] = set()  # held jobs whose outcome is in hand, not yet recorded
         self._waiting_on_broker = False  # the fetcher is blocked in broker.wait()
         self._closing = False
         self._stopping = threading.Event()
@@ -206,6 +207,7 @@ class Child:
             outcome = execute(task, job, self.app.clock, settings.payload_limit_bytes)
             with self._cond:
                 self._pending.append(outcome)
+                self._ran.add(job.id)
                 self._free += 1
                 self._done += 1
                 self._cond.notify()
@@ -275,6 +277,7 @@ class Child:
         with self._cond:
             for outcome, ok in zip(batch, accepted, strict=True):
                 self._held.pop(outcome.job_id, None)
+                self._ran.discard(outcome.job_id)
                 if not ok:
                     self._counters["fenced"] += 1
                     log.warning("job %s: outcome %s rejected, its lease was lost meanwhile",
@@ -332,6 +335,9 @@ class Child:
                     lost = self.broker.extend(leases, self.lease_seconds)
                     self._announce()
                     self.broker.recover()
+                with self._cond:  # a job that ran may have been finished since the snapshot:
+                    # not lost (were its lease lost, its finish is fenced and says so)
+                    lost = [i for i in lost if i in self._held and i not in self._ran]
                 for job_id in lost:
                     log.warning("job %s: lease lost (expired and recovered elsewhere)", job_id)
                 now = time.monotonic()

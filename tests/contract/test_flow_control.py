@@ -11,7 +11,7 @@ import time
 
 from chervil.brokers.base import Broker, Lease, NewJob, Outcome
 from chervil.clock import FakeClock
-from chervil.job import JobStatus, new_job_id
+from chervil.job import Job, JobStatus, new_job_id
 
 LEASE = 30.0
 
@@ -45,6 +45,19 @@ def reserve_others(broker: Broker, others: list[NewJob], calls: int = 60) -> Non
         if len(got) >= len(others):
             break
     assert sorted(j.id for j in got) == sorted(j.id for j in others)
+
+
+def first_then_others(broker: Broker, backlog: list[NewJob]) -> Job:
+    """Enqueue ``backlog`` and the others behind it, take the backlog's first job (the
+    one its key or bucket lets run), then reach the others; the rest of the backlog
+    waits, none of it taken. Returns the first job."""
+    others = backlog_then_others(broker, backlog)
+    [first] = broker.reserve(["default"], 1, "w", LEASE)
+    assert first.id == backlog[0].id
+    reserve_others(broker, others)
+    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
+    assert stats["queued"] == len(backlog) - 1
+    return first
 
 
 def test_unique_while_queued_lets_a_running_job_be_followed(broker: Broker) -> None:
@@ -152,12 +165,7 @@ def test_a_backlog_behind_a_lock_holds_back_nothing_else(broker: Broker) -> None
     1,000 per reserve on PostgreSQL), and the lock's jobs then run one at a time, in
     order."""
     backlog = [job(limit_key="lock:hot", limit_n=1, priority=1) for _ in range(3000)]
-    others = backlog_then_others(broker, backlog)
-    [first] = broker.reserve(["default"], 1, "w", LEASE)
-    assert first.id == backlog[0].id
-    reserve_others(broker, others)
-    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
-    assert stats["queued"] == len(backlog) - 1
+    first = first_then_others(broker, backlog)
     for want in backlog[1:4]:  # each freed slot lets the next one in, and only it
         done(broker, first)
         [first] = broker.reserve(["default"], 10, "w", LEASE)
@@ -219,12 +227,7 @@ def test_a_rate_limited_backlog_holds_back_nothing_else(broker: Broker,
     the bucket's jobs then come back one per token, in order, none spent an attempt."""
     backlog = [job(rate_key="rate:slow", rate_per_second=1.0, rate_burst=1.0, priority=1)
                for _ in range(3000)]
-    others = backlog_then_others(broker, backlog)
-    [first] = broker.reserve(["default"], 1, "w", LEASE)
-    assert first.id == backlog[0].id
-    reserve_others(broker, others)
-    stats = {s.queue: s.counts for s in broker.queue_stats()}["default"]
-    assert stats["queued"] == len(backlog) - 1
+    first_then_others(broker, backlog)
     for want in backlog[1:4]:  # one token a second, one job per token
         clock.advance(1.0)
         [taken] = broker.reserve(["default"], 10, "w", LEASE)

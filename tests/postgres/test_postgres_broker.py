@@ -199,3 +199,38 @@ def test_reserve_walks_the_ready_index_on_a_new_table(broker: PostgresBroker) ->
                and n["Node Type"] != "ModifyTable")
     assert not any(n["Node Type"] == "Sort" for n in nodes)
     assert read <= 100, f"reserve read {read} rows of jobs"
+
+
+def test_leased_statements_read_one_row_per_job_however_many_run(
+        broker: PostgresBroker, schema: str) -> None:
+    """20,000 waiting jobs and statistics taken while nothing ran (so they say almost no
+    job is running), then 250 running: finish, with the generic plan it gets in reserve's
+    pipeline (made once per connection), and extend, as the heartbeat sends it, read one
+    row per job of their batch, not every running job."""
+    from chervil.brokers.postgres import _RESERVE_PLAN
+
+    for _ in range(4):
+        broker.enqueue([new() for _ in range(5000)])
+    jobs = sql.Identifier(schema, "jobs")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(jobs))
+    held = broker.reserve(["default"], 250, "w", LEASE)
+    assert len(held) == 250
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(_RESERVE_PLAN)
+        for k in range(6):  # prepared: generic from the first run (plan_cache_mode)
+            batch = held[10 * k:10 * k + 10]
+            outcomes = [Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED) for j in batch]
+            done = conn.execute(broker._q["finish"], broker._params(
+                **broker._finish_params(outcomes)), prepare=True).fetchall()
+            assert len(done) == 10
+        batch = held[100:110]
+        extended = conn.execute(broker._q["extend"], broker._params(
+            ids=[j.id for j in batch], tokens=[j.lease_token for j in batch],
+            lease=LEASE)).fetchall()
+        assert len(extended) == 10
+        seq, idx_read = conn.execute(
+            "SELECT seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables "
+            "WHERE relid = %s::regclass", (jobs.as_string(conn),)).fetchone() or (0, 0)
+        conn.rollback()
+    assert seq == 0 and idx_read <= 2 * 70, f"read {seq} + {idx_read} rows for 70 jobs"

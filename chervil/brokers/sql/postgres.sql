@@ -8,6 +8,13 @@
 -- Parameters are %(name)s. Every verb is one statement, so one round trip and one
 -- (implicit) transaction; wake-ups (NOTIFY) and terminal counts come from the triggers
 -- in postgres_0001_initial.sql, inside that same transaction.
+--
+-- Statements on leased jobs (extend, finish, release, recover_given) find their rows by id
+-- and write "(j.status = 'running') IS TRUE", not "j.status = 'running'": the plain form
+-- lets the planner scan every running job through jobs_status_id and match them against
+-- the batch (it did, once statistics showed few running jobs: 1.8 ms for a finish of 15
+-- with 200 running, growing with the number of running jobs), where the id lookup reads
+-- one row per job.
 
 -- name: lock_unique
 -- Sent before enqueue (same transaction) when the batch has unique keys: row-lock every
@@ -157,7 +164,7 @@ WHERE (SELECT active FROM flow);
 -- name: extend
 UPDATE {s}.jobs AS j SET lease_until = {now} + %(lease)s
 FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
-WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+WHERE j.id = l.id AND j.lease_token = l.token AND (j.status = 'running') IS TRUE
 RETURNING j.id;
 
 -- name: finish
@@ -176,7 +183,7 @@ FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(statuses)s::text[],
             %(retry_ats)s::float8[], %(reasons)s::text[], %(errors)s::text[],
             %(results)s::text[])
     AS o(id, token, status, retry_at, dead_reason, error, result)
-WHERE j.id = o.id AND j.lease_token = o.token AND j.status = 'running'
+WHERE j.id = o.id AND j.lease_token = o.token AND (j.status = 'running') IS TRUE
 RETURNING j.id;
 
 -- name: release
@@ -185,7 +192,7 @@ SET status = CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
     run_at = {now} + %(delay)s::float8, attempts = greatest(j.attempts - 1, 0),
     lease_until = NULL, lease_token = NULL, worker = NULL
 FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
-WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+WHERE j.id = l.id AND j.lease_token = l.token AND (j.status = 'running') IS TRUE
 RETURNING j.id;
 
 -- name: recover_expired
@@ -214,7 +221,7 @@ SET status = CASE WHEN j.lost_leases + 1 >= %(limit)s THEN 'dead' ELSE 'queued' 
     last_error = %(error)s, lost_leases = j.lost_leases + 1, run_at = {now},
     lease_until = NULL, lease_token = NULL, worker = NULL
 FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
-WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+WHERE j.id = l.id AND j.lease_token = l.token AND (j.status = 'running') IS TRUE
 RETURNING j.id;
 
 -- name: unpark

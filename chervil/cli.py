@@ -77,6 +77,9 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
               show_default="CPU count", help="Child processes.")
 @click.option("-t", "--threads", type=click.IntRange(1), default=8, show_default=True,
               help="Threads per child.")
+@click.option("--prefetch", type=click.IntRange(0), default=None, show_default="threads",
+              help="Jobs a child may hold beyond its threads while jobs are short "
+                   "(under 10 ms); 0 turns prefetching off.")
 @click.option("--burst", is_flag=True, help="Run what is ready, then exit.")
 @click.option("--max-jobs-per-child", type=click.IntRange(1), default=None,
               help="Replace a child after this many jobs.")
@@ -87,9 +90,9 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--scheduler/--no-scheduler", default=True, show_default=True,
               help="Take part in running cron schedules (one worker is active at a time).")
-def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool,
-           max_jobs_per_child: int | None, grace: float, max_memory_per_child: float | None,
-           log_level: str, scheduler: bool) -> None:
+def worker(app_path: str, queues: str, processes: int, threads: int, prefetch: int | None,
+           burst: bool, max_jobs_per_child: int | None, grace: float,
+           max_memory_per_child: float | None, log_level: str, scheduler: bool) -> None:
     """Run a worker: a supervisor and its child processes."""
     from .worker.queues import QueueSpec
     from .worker.supervisor import WorkerOptions, run_worker
@@ -98,7 +101,7 @@ def worker(app_path: str, queues: str, processes: int, threads: int, burst: bool
     app = load_app(app_path)
     options = WorkerOptions(QueueSpec.parse(queues), processes, threads, burst,
                             max_jobs_per_child, grace, log_level, scheduler,
-                            max_memory_per_child)
+                            max_memory_per_child, prefetch)
     sys.exit(run_worker(app_path, app, options))
 
 

@@ -96,6 +96,7 @@ class WorkerOptions:
     log_level: str = "WARNING"
     scheduler: bool = True  # run the cron scheduler loop (one active across all workers)
     max_memory_mb: float | None = None  # a child over this resident size is killed
+    prefetch: int | None = None  # jobs held beyond the threads while jobs are short (None: threads)
 
 
 class Supervisor:
@@ -148,6 +149,8 @@ class Supervisor:
                 cmd.append("--burst")
             if o.max_jobs_per_child:
                 cmd += ["--max-jobs", str(o.max_jobs_per_child)]
+            if o.prefetch is not None:
+                cmd += ["--prefetch", str(o.prefetch)]
             proc = subprocess.Popen(cmd, pass_fds=(write_fd, table_fd), cwd=os.getcwd())
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -182,7 +185,7 @@ class Supervisor:
             code = run_child(self.app, o.queues, o.threads, worker_id=worker_id,
                              burst=o.burst, max_jobs=o.max_jobs_per_child,
                              grace_seconds=o.grace_seconds, report_fd=write_fd,
-                             table_fd=table_fd)
+                             table_fd=table_fd, prefetch=o.prefetch)
         except BaseException:
             log.exception("worker child failed")
         finally:

@@ -1,0 +1,106 @@
+"""Prefetch: a child holds jobs beyond its threads only while jobs are short, and hands
+back the ones stranded behind long jobs. A real child (fetcher, executors, finisher) runs
+in this process against each broker; a spy on finish_and_reserve records how many jobs
+each reserve asked for, and passes every call through to the broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from chervil import Chervil, JobStatus
+from chervil.worker import child as child_module
+from chervil.worker.child import Child
+from chervil.worker.queues import QueueSpec
+
+from .conftest import wait_for
+
+THREADS = 2
+
+
+class Spy:
+    """Records the limit of every reserve, then makes the real call."""
+
+    def __init__(self, app: Chervil) -> None:
+        self.limits: list[tuple[float, int]] = []
+        real = app.broker.finish_and_reserve
+
+        def finish_and_reserve(outcomes: Any, queues: Any, limit: int, *rest: Any) -> Any:
+            self.limits.append((time.monotonic(), limit))
+            return real(outcomes, queues, limit, *rest)
+
+        app.broker.finish_and_reserve = finish_and_reserve  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def app(broker_url: str) -> Iterator[Chervil]:
+    a = Chervil(broker_url)
+    release = threading.Event()
+    a.release = release  # type: ignore[attr-defined]
+
+    @a.task(name="quick")
+    def quick(i: int) -> None:
+        pass
+
+    @a.task(name="slow")
+    def slow(i: int) -> None:
+        release.wait(30)
+
+    yield a
+    release.set()
+    a.close()
+
+
+def run_child(app: Chervil) -> tuple[Child, threading.Thread]:
+    c = Child(app, QueueSpec.parse("default"), THREADS, worker_id="prefetch-test",
+              poll_seconds=0.1, prefetch=THREADS)
+    t = threading.Thread(target=c.run, daemon=True)
+    t.start()
+    return c, t
+
+
+def test_short_jobs_are_prefetched(app: Chervil) -> None:
+    spy = Spy(app)
+    quick = [app.tasks["quick"].enqueue(i) for i in range(300)]
+    c, t = run_child(app)
+    try:
+        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in quick[-5:]),
+                 what="the quick jobs")
+    finally:
+        c.stop()
+        t.join(10)
+    assert max(limit for _, limit in spy.limits) == THREADS * 2
+    assert all(h.status() is JobStatus.SUCCEEDED for h in quick)
+
+
+def test_no_prefetch_behind_long_jobs_and_stranded_ones_go_back(
+        app: Chervil, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(child_module, "STRANDED_SECONDS", 0.5)
+    spy = Spy(app)
+    warm = [app.tasks["quick"].enqueue(i) for i in range(300)]
+    c, t = run_child(app)
+    try:
+        wait_for(lambda: warm[-1].status() is JobStatus.SUCCEEDED, what="the warm-up")
+        slow = [app.tasks["slow"].enqueue(i) for i in range(THREADS)]
+        behind = [app.tasks["quick"].enqueue(i) for i in range(4)]
+        wait_for(lambda: all(h.status() is JobStatus.RUNNING for h in slow),
+                 what="every thread on a slow job")
+        time.sleep(child_module.LONG_JOB_SECONDS)
+        since = time.monotonic()
+        # Any quick job reserved with the slow ones waits for no thread: it goes back to
+        # the queue, where another worker could take it, and none stays held.
+        wait_for(lambda: all(h.status() is JobStatus.QUEUED for h in behind), timeout=10,
+                 what="the quick jobs behind the slow ones back in the queue")
+        assert all(limit <= THREADS for at, limit in spy.limits if at > since)
+        assert all(h.status() is JobStatus.RUNNING for h in slow)
+        app.release.set()  # type: ignore[attr-defined]
+        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in slow + behind),
+                 what="every job")
+        assert all(h.refresh().attempts == 1 for h in behind)  # handing back spent no attempt
+    finally:
+        c.stop()
+        t.join(10)

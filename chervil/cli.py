@@ -23,6 +23,7 @@ from .admin import Admin, JobView
 from .app import Chervil, load_app
 from .errors import ChervilError
 from .job import JobStatus, fmt_time
+from .worker.child import DEFAULT_PREFETCH
 
 
 class Context:
@@ -77,9 +78,9 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
               show_default="CPU count", help="Child processes.")
 @click.option("-t", "--threads", type=click.IntRange(1), default=8, show_default=True,
               help="Threads per child.")
-@click.option("--prefetch", type=click.IntRange(0), default=None, show_default="threads",
-              help="Jobs a child may hold beyond its threads while jobs are short "
-                   "(under 10 ms); 0 turns prefetching off.")
+@click.option("--prefetch", type=click.IntRange(0), default=DEFAULT_PREFETCH, show_default=True,
+              help="Most jobs a child may hold beyond its threads, only while jobs are "
+                   "short (under 10 ms on average); 0 turns prefetching off.")
 @click.option("--burst", is_flag=True, help="Run what is ready, then exit.")
 @click.option("--max-jobs-per-child", type=click.IntRange(1), default=None,
               help="Replace a child after this many jobs.")
@@ -90,7 +91,7 @@ def cli(ctx: click.Context, app_path: str | None, url: str | None) -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--scheduler/--no-scheduler", default=True, show_default=True,
               help="Take part in running cron schedules (one worker is active at a time).")
-def worker(app_path: str, queues: str, processes: int, threads: int, prefetch: int | None,
+def worker(app_path: str, queues: str, processes: int, threads: int, prefetch: int,
            burst: bool, max_jobs_per_child: int | None, grace: float,
            max_memory_per_child: float | None, log_level: str, scheduler: bool) -> None:
     """Run a worker: a supervisor and its child processes."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -28,6 +27,7 @@ from ..brokers.base import Lease, Outcome, WorkerInfo
 from ..faults import crash_point
 from ..job import Job, JobStatus
 from ..runner import execute
+from .inbox import Inbox
 from .queues import QueueSpec
 from .report import Reporter
 
@@ -40,16 +40,21 @@ FINISH_BATCH = 500
 # still busy while it travels. Waiting for all 32 threads of -t32 to be free left them
 # idle during every reserve (Redis drain 9,100 -> 10,300 jobs/s with 8).
 RESERVE_AT = 8
-# Prefetch: while jobs are short, a child may hold up to ``prefetch`` jobs beyond its
-# threads, so that each reserve (a round trip and a commit) takes a batch about twice as
-# large. Without it the free slots at each reserve are only those the previous batch does
-# not hold yet: with -t32 and a task making one Redis call, 15 jobs per reserve, and the
-# reserve's fixed cost set the drain rate (PostgreSQL 5,900 -> 7,700 jobs/s with it). A
-# prefetched job waits for a thread about one short job's run time, so prefetch is off
-# while the jobs' average run time is over SHORT_JOB_SECONDS, or while a job has been
-# running over LONG_JOB_SECONDS (Celery's prefetch is blind to this: its users find jobs
-# stuck behind a long one on a worker while others idle). Should every thread still be
-# taken by long jobs, prefetched jobs no thread took for STRANDED_SECONDS are handed back.
+# Prefetch: while jobs are short, a child may hold jobs beyond its threads, so that each
+# reserve (a round trip and a commit) takes a larger batch. Without it the free slots at
+# each reserve are only those the previous batch does not hold yet: with -t32 and a task
+# making one Redis call, 15 jobs per reserve, and the reserve's fixed cost set the drain
+# rate (PostgreSQL, -p2: 27k jobs in a 4.5 s window; 33k prefetching 32, 36k with 64;
+# -t8: 20k, and 34k with 56). How many: up to ``prefetch`` (DEFAULT_PREFETCH), and no
+# more than the threads run in PREFETCH_WAIT_SECONDS at the jobs' average run time, which
+# is about how long a prefetched job waits for a thread (the inbox runs urgent queues and
+# priorities first, so a job reserved later overtakes prefetched ones). None while the
+# average run time is over SHORT_JOB_SECONDS or a job has been running over
+# LONG_JOB_SECONDS (Celery's prefetch is blind to this: its users find jobs stuck behind
+# a long one on a worker while others idle). Should every thread still be taken by long
+# jobs, prefetched jobs no thread took for STRANDED_SECONDS are handed back.
+DEFAULT_PREFETCH = 64
+PREFETCH_WAIT_SECONDS = 0.05
 SHORT_JOB_SECONDS = 0.01
 LONG_JOB_SECONDS = 0.1
 STRANDED_SECONDS = 1.0
@@ -61,12 +66,12 @@ class Child:
                  worker_id: str | None = None, burst: bool = False,
                  max_jobs: int | None = None, grace_seconds: float = 30.0,
                  poll_seconds: float = 1.0, reporter: Reporter | None = None,
-                 prefetch: int | None = None) -> None:
+                 prefetch: int = DEFAULT_PREFETCH) -> None:
         self.app = app
         self.broker = app.broker
         self.queues = queues
         self.threads = threads
-        self.prefetch = threads if prefetch is None else prefetch
+        self.prefetch = prefetch
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.burst = burst
         self.max_jobs = max_jobs
@@ -76,7 +81,7 @@ class Child:
         self.reporter = reporter or Reporter(None)
         self.started_at = app.clock.now()
 
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._inbox = Inbox(queues)
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # slots freed: wakes the fetcher
         self._flush = threading.Condition(lock)  # outcomes to record: wakes the finisher
@@ -93,7 +98,6 @@ class Child:
         self._calls: dict[int, tuple[str, float]] = {}  # thread -> (broker call, start)
         self._run_avg = 1.0  # moving average of job run times (s): long until measured
         self._running: dict[int, float] = {}  # executor thread -> start of its job
-        self._last_take = time.monotonic()  # an executor last took a job from the inbox
 
     # -- control --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -161,8 +165,7 @@ class Child:
                     for job in jobs:
                         self._held[job.id] = job
                 self.reporter.held(jobs)
-                for job in jobs:
-                    self._inbox.put(job)
+                self._inbox.put(jobs)
                 continue
             with self._cond:
                 busy = self._free < self.threads or bool(self._pending)
@@ -206,19 +209,20 @@ class Child:
                 self._cond.wait(deadline - now)
             else:
                 self._cond.wait(1.0)
-                if (self._inbox.qsize() and self._free < 0
-                        and time.monotonic() - self._last_take > STRANDED_SECONDS):
+                if (len(self._inbox) and self._free < 0
+                        and time.monotonic() - self._inbox.last_take > STRANDED_SECONDS):
                     return True
         return False
 
     def _prefetch_now(self) -> int:
-        """Jobs to hold beyond the threads: the prefetch while jobs are short, else 0."""
-        if not self.prefetch or self._run_avg > SHORT_JOB_SECONDS:
+        """Jobs to hold beyond the threads now (see DEFAULT_PREFETCH)."""
+        avg = self._run_avg
+        if not self.prefetch or avg > SHORT_JOB_SECONDS:
             return 0
         now = time.monotonic()
         if any(now - t > LONG_JOB_SECONDS for t in list(self._running.values())):
             return 0
-        return self.prefetch
+        return min(self.prefetch, int(self.threads * PREFETCH_WAIT_SECONDS / max(avg, 1e-6)))
 
     def _broker_down(self, exc: BaseException, backoff: float) -> float:
         backoff = min(max(backoff * 2, 0.1), 5.0)
@@ -235,7 +239,7 @@ class Child:
             job = self._inbox.get()
             if job is None:
                 return
-            self._last_take = start = time.monotonic()
+            start = time.monotonic()
             task = self.app.tasks.get(job.task)
             if task is None and self._handed_back(job):
                 continue
@@ -404,14 +408,7 @@ class Child:
     # -- shutdown -------------------------------------------------------------------------
     def _hand_back_unstarted(self, why: str) -> None:
         """Release the jobs no executor has taken yet: other workers may run them."""
-        unstarted: list[Job] = []
-        while True:
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                unstarted.append(job)
+        unstarted = self._inbox.take_all()
         if not unstarted:
             return
         with contextlib.suppress(Exception):
@@ -425,8 +422,7 @@ class Child:
 
     def _shutdown(self, executors: list[threading.Thread], finisher: threading.Thread) -> None:
         self._hand_back_unstarted("stopping")
-        for _ in executors:
-            self._inbox.put(None)
+        self._inbox.close(len(executors))
         deadline = time.monotonic() + self.grace_seconds
         for t in executors:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -459,7 +455,7 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("app")
     parser.add_argument("--queues", required=True)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--prefetch", type=int, default=None)
+    parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--report-fd", type=int, default=-1)
     parser.add_argument("--table-fd", type=int, default=-1)
@@ -482,7 +478,7 @@ def child_main(argv: list[str] | None = None) -> int:
 def run_child(app: Chervil, queues: QueueSpec, threads: int, *, worker_id: str,
               burst: bool = False, max_jobs: int | None = None, grace_seconds: float = 30.0,
               report_fd: int | None = None, table_fd: int | None = None,
-              prefetch: int | None = None) -> int:
+              prefetch: int = DEFAULT_PREFETCH) -> int:
     """Run one child until it stops; its exit code. (Forked or started as a program.)"""
     child = Child(app, queues, threads, worker_id=worker_id, burst=burst, max_jobs=max_jobs,
                   grace_seconds=grace_seconds, reporter=Reporter(report_fd, table_fd),

@@ -36,9 +36,12 @@ _ID_AT = 1 + _FIELDS.size
 _ID_MAX = ENTRY - _ID_AT
 
 
-def table_size(threads: int) -> int:
-    """Entries: a child holds at most its threads' jobs plus one batch reserved with them."""
-    return (4 * threads + 16) * ENTRY
+def table_size(threads: int, prefetch: int = 0) -> int:
+    """Entries for the jobs a child has started and not recorded yet: its threads' jobs,
+    and those finished while a reserve (which records them) is under way, at most about
+    what it holds (threads and prefetch), plus room. A full table is not an error: starts
+    then go over the pipe (``S`` lines)."""
+    return (4 * threads + prefetch + 16) * ENTRY
 
 
 class StartedTable:

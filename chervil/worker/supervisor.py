@@ -33,7 +33,7 @@ from ..brokers.base import Lease
 from ..job import DeadReason, ErrorInfo
 from ..runner import failure
 from ..schedule import Scheduler
-from .child import run_child
+from .child import DEFAULT_PREFETCH, run_child
 from .queues import QueueSpec
 from .report import StartedTable, table_size
 
@@ -96,7 +96,7 @@ class WorkerOptions:
     log_level: str = "WARNING"
     scheduler: bool = True  # run the cron scheduler loop (one active across all workers)
     max_memory_mb: float | None = None  # a child over this resident size is killed
-    prefetch: int | None = None  # jobs held beyond the threads while jobs are short (None: threads)
+    prefetch: int = DEFAULT_PREFETCH  # most jobs held beyond the threads (short jobs only)
 
 
 class Supervisor:
@@ -133,7 +133,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         o = self.options
         with tempfile.TemporaryFile(prefix="chervil-started-") as f:
-            f.truncate(table_size(o.threads))
+            f.truncate(table_size(o.threads, o.prefetch))
             table_fd = os.dup(f.fileno())
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{index}:{time.time():.0f}"
         proc: subprocess.Popen[bytes] | ForkedChild
@@ -149,8 +149,7 @@ class Supervisor:
                 cmd.append("--burst")
             if o.max_jobs_per_child:
                 cmd += ["--max-jobs", str(o.max_jobs_per_child)]
-            if o.prefetch is not None:
-                cmd += ["--prefetch", str(o.prefetch)]
+            cmd += ["--prefetch", str(o.prefetch)]
             proc = subprocess.Popen(cmd, pass_fds=(write_fd, table_fd), cwd=os.getcwd())
         os.close(write_fd)
         os.set_blocking(read_fd, False)

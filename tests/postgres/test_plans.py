@@ -93,6 +93,8 @@ def rows_read(broker: PostgresBroker, name: str, **params: Any) -> int:
     ("recover_expired", {"limit": 3, "error": "x"}, 20),
     # by primary key, or through jobs_running: as many rows as jobs run, never the rest
     ("extend", {"ids": ["q0000000001"], "tokens": ["t"], "lease": 1.0}, 20),
+    ("finish", {"outcomes": '[["q0000000001","t","succeeded",null,null,null,null]]',
+                "n": 1}, 20),
     ("prune_succeeded", {"before": 1e12, "batch": 100}, 1000),
     ("prune_failed", {"before": 1e12, "batch": 100}, 1000),
     ("prune_succeeded", {"before": 2000.0, "batch": 100}, 300),  # few old ones among many

@@ -179,10 +179,11 @@ SET status = o.status,
     last_error = CASE WHEN o.status = 'succeeded' THEN COALESCE(o.error, j.last_error)
                       ELSE o.error END,
     lease_until = NULL
-FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(statuses)s::text[],
-            %(retry_ats)s::float8[], %(reasons)s::text[], %(errors)s::text[],
-            %(results)s::text[])
-    AS o(id, token, status, retry_at, dead_reason, error, result)
+FROM (SELECT e->>0 AS id, e->>1 AS token, e->>2 AS status, (e->>3)::float8 AS retry_at,
+             e->>4 AS dead_reason, e->>5 AS error, e->>6 AS result
+      FROM json_array_elements(%(outcomes)s::json) AS e
+      LIMIT %(n)s) AS o  -- the batch's size: the planner's guess for a function is 100 rows,
+                         -- enough to prefer reading the whole table to the id lookups
 WHERE j.id = o.id AND j.lease_token = o.token AND (j.status = 'running') IS TRUE
 RETURNING j.id;
 

@@ -294,7 +294,7 @@ class PostgresBroker(Broker):
             return []
         params = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
         with self._conn() as conn:
-            cur = conn.cursor()
+            cur = conn.cursor(binary=True)  # rows in binary: no text to parse
             with conn.pipeline():
                 conn.execute(_RESERVE_PLAN)
                 cur.execute(self._q["reserve"], params)
@@ -339,7 +339,7 @@ class PostgresBroker(Broker):
         fparams = self._params(**self._finish_params(outcomes))
         rparams = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
         with self._conn() as conn:
-            fcur, rcur = conn.cursor(), conn.cursor()
+            fcur, rcur = conn.cursor(), conn.cursor(binary=True)  # (as in reserve)
             with conn.pipeline():
                 conn.execute(_RESERVE_PLAN)
                 fcur.execute(self._q["finish"], fparams)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app import Chervil
+from ..brokers import broker_module
 from ..brokers.base import Lease
 from ..job import DeadReason, ErrorInfo
 from ..runner import failure
@@ -313,6 +314,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         stop_scheduler = threading.Event()
         owner = f"{socket.gethostname()}:{os.getpid()}"
+        broker_module(self.app.settings.broker_url)  # imported once, before the forks
         for i in range(self.options.processes):  # first: forked while no thread runs
             self._spawn(i)
         if self.options.scheduler and self.app.schedules and not self.options.burst:

@@ -213,6 +213,13 @@ class Broker(abc.ABC):
         allowed, a missed one only delays a job to the end of ``timeout``.
         """
 
+    def wait_and_reserve(self, queues: Sequence[str], timeout: float, limit: int,
+                         worker: str, lease_seconds: float) -> list[Job]:
+        """``wait``, then ``reserve``: where the backend can, the reserve runs in the broker
+        as soon as the wait ends, with no round trip to the worker in between."""
+        self.wait(queues, timeout)
+        return self.reserve(queues, limit, worker, lease_seconds) if limit > 0 else []
+
     # -- operating --------------------------------------------------------------------
     @abc.abstractmethod
     def requeue(self, ids: Sequence[str]) -> int:

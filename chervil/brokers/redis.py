@@ -60,6 +60,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from ..clock import Clock
 from ..errors import ConfigurationError
 from ..job import ErrorInfo, Job, JobStatus
@@ -266,26 +268,61 @@ class RedisBroker(AdminVerbs, Broker):
             return
 
         def go() -> None:
-            pipe = self._r.pipeline(transaction=False)
-            for q in queues:
-                pipe.zrange(f"{self._base(q)}:sched", 0, 0, withscores=True)
-                pipe.zrange(f"{self._base(q)}:rdue", 0, 0, withscores=True)
-                pipe.exists(f"{self._base(q)}:paused")
-            out = pipe.execute()
-            heads = [first[0][1] for i in range(len(queues)) if not out[3 * i + 2]
-                     for first in out[3 * i:3 * i + 2] if first]
-            block = min(timeout, MAX_BLOCK)
-            if heads:
-                if self._server_time:
-                    secs, micros = self._r.time()
-                    now = secs + micros / 1e6
-                else:
-                    now = self.clock.now()
-                block = min(block, min(heads) - now)
+            block = self._block_seconds(queues, timeout)
             if block >= 0.001:  # BLPOP's timeout has millisecond resolution; 0 = forever
                 self._blocking.blpop([self._wake_key(q) for q in queues],
                                      timeout=round(block + 0.0005, 3))
         self._run(go, max(min(timeout, self.options.timeout), 1.0))
+
+    def wait_and_reserve(self, queues: Sequence[str], timeout: float, limit: int,
+                         worker: str, lease_seconds: float) -> list[Job]:
+        """Standalone: BLPOP and the reserve script pipelined on the blocking connection,
+        so Redis runs the reserve the moment the wake-up comes (a round trip less between
+        an enqueue and its pickup: 0.2 ms here)."""
+        queues = list(dict.fromkeys(queues))
+        if self._cluster or not queues or timeout <= 0 or limit <= 0:
+            return super().wait_and_reserve(queues, timeout, limit, worker, lease_seconds)
+
+        def go() -> list[Job]:
+            block = self._block_seconds(queues, timeout)
+            if block < 0.001:
+                return self._finish_reserve((), queues, limit, worker, lease_seconds)[1]
+            _, calls = self._calls(
+                "reserve", queues, [limit, worker, repr(float(lease_seconds)), 100 + limit,
+                                    WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"] for q in queues})
+            [(name, keys, args)] = self._with_ptasks(calls)
+            pipe = self._blocking.pipeline(transaction=False)
+            pipe.blpop([self._wake_key(q) for q in queues], timeout=round(block + 0.0005, 3))
+            pipe.execute_command("EVALSHA", self._scripts.sha[name], len(keys), *keys, *args)
+            _, res = pipe.execute(raise_on_error=False)
+            if isinstance(res, NoScriptError):  # it did not run: load, then reserve anew
+                self._scripts.load(self._r)
+                return self._finish_reserve((), queues, limit, worker, lease_seconds)[1]
+            if isinstance(res, Exception):
+                raise res
+            return _decode_jobs(res[0])
+        return self._run(go, max(min(timeout, self.options.timeout), 1.0))
+
+    def _block_seconds(self, queues: list[str], timeout: float) -> float:
+        """How long a wait may block: ``timeout``, capped at the first scheduled job or
+        rate-limit token due in these queues (not in paused ones)."""
+        pipe = self._r.pipeline(transaction=False)
+        for q in queues:
+            pipe.zrange(f"{self._base(q)}:sched", 0, 0, withscores=True)
+            pipe.zrange(f"{self._base(q)}:rdue", 0, 0, withscores=True)
+            pipe.exists(f"{self._base(q)}:paused")
+        out = pipe.execute()
+        heads = [first[0][1] for i in range(len(queues)) if not out[3 * i + 2]
+                 for first in out[3 * i:3 * i + 2] if first]
+        block = min(timeout, MAX_BLOCK)
+        if heads:
+            if self._server_time:
+                secs, micros = self._r.time()
+                now = secs + micros / 1e6
+            else:
+                now = self.clock.now()
+            block = min(block, min(heads) - now)
+        return block
 
     def register_worker(self, info: WorkerInfo) -> None:
         keys = [f"{self._g}:workers", f"{self._g}:seen"]

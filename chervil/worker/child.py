@@ -159,13 +159,7 @@ class Child:
                 continue
             self._recorded(outcomes, accepted)
             if jobs:
-                crash_point("claimed")
-                with self._cond:
-                    self._free -= len(jobs)
-                    for job in jobs:
-                        self._held[job.id] = job
-                self.reporter.held(jobs)
-                self._inbox.put(jobs)
+                self._take(jobs)
                 continue
             with self._cond:
                 busy = self._free < self.threads or bool(self._pending)
@@ -177,14 +171,31 @@ class Child:
                 self._waiting_on_broker = True
                 if self._pending:
                     self._flush.notify()  # the finisher records them meanwhile
+                # slots only free up while waiting: as many as now is never too many
+                free = self._free + self._prefetch_now()
+            jobs = []
             try:
                 with self._in_broker("wait", extra=self.poll_seconds):
-                    self.broker.wait(self.queues.names, self.poll_seconds)
+                    jobs = self.broker.wait_and_reserve(
+                        self.queues.order(), self.poll_seconds, free, self.id,
+                        self.lease_seconds)
             except Exception as exc:
                 backoff = self._broker_down(exc, backoff)
             finally:
                 with self._cond:
                     self._waiting_on_broker = False
+            if jobs:
+                self._take(jobs)
+
+    def _take(self, jobs: list[Job]) -> None:
+        """Jobs just reserved: held, reported to the supervisor, into the inbox."""
+        crash_point("claimed")
+        with self._cond:
+            self._free -= len(jobs)
+            for job in jobs:
+                self._held[job.id] = job
+        self.reporter.held(jobs)
+        self._inbox.put(jobs)
 
     def _wait_for_slots(self, want: int) -> bool:
         """Under the lock: wait until enough slots are free to reserve a useful batch.

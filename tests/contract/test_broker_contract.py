@@ -390,3 +390,21 @@ def test_wait_wakes_up_on_enqueue(broker: Broker) -> None:
     timer.join()
     assert waited < 10.0, "wait() slept to its timeout instead of waking on enqueue"
     assert len(broker.reserve(["default"], 1, "w", LEASE)) == 1
+
+
+def test_wait_and_reserve_takes_what_woke_it(broker: Broker) -> None:
+    """The job enqueued during the wait comes back leased from the same call; with none,
+    the call returns nothing at its timeout; a paused queue is waited on but not taken."""
+    broker.reserve(["default"], 1, "w", LEASE)  # connect and set up before timing
+    assert broker.wait_and_reserve(["default"], 0.2, 5, "w", LEASE) == []
+    timer = threading.Timer(0.2, lambda: broker.enqueue([new(), new()]))
+    timer.start()
+    start = time.monotonic()
+    got = broker.wait_and_reserve(["default"], 20.0, 5, "w", LEASE)
+    timer.join()
+    assert time.monotonic() - start < 10.0, "slept to its timeout instead of waking"
+    got += broker.reserve(["default"], 5, "w", LEASE)  # a wake-up may come before the 2nd
+    assert len(got) == 2 and all(j.status is JobStatus.RUNNING and j.lease_token for j in got)
+    broker.set_paused("default", True)
+    put(broker, new())
+    assert broker.wait_and_reserve(["default"], 0.2, 5, "w", LEASE) == []

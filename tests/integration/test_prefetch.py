@@ -104,3 +104,22 @@ def test_no_prefetch_behind_long_jobs_and_stranded_ones_go_back(
     finally:
         c.stop()
         t.join(10)
+
+
+def test_no_prefetch_of_jobs_with_a_concurrency_key(app: Chervil) -> None:
+    """A held job counts as running against its key: prefetched ones would take slots of
+    a global concurrency limit that no thread runs, so jobs with a key turn it off."""
+    @app.task(name="limited", concurrency=50)
+    def limited(i: int) -> None:
+        pass
+
+    spy = Spy(app)
+    jobs = [limited.enqueue(i) for i in range(300)]
+    c, t = run_child(app)
+    try:
+        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in jobs[-5:]),
+                 what="the limited jobs")
+    finally:
+        c.stop()
+        t.join(10)
+    assert max(limit for _, limit in spy.limits) <= THREADS

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chervil import Chervil, JobStatus
+from chervil.task import JobHandle
 from chervil.worker import child as child_module
 from chervil.worker.child import Child
 from chervil.worker.queues import QueueSpec
@@ -63,16 +64,21 @@ def run_child(app: Chervil) -> tuple[Child, threading.Thread]:
     return c, t
 
 
-def test_short_jobs_are_prefetched(app: Chervil) -> None:
-    spy = Spy(app)
-    quick = [app.tasks["quick"].enqueue(i) for i in range(300)]
+def drain(app: Chervil, handles: list[JobHandle[Any]]) -> None:
+    """Run a child until the last jobs succeeded, then stop it."""
     c, t = run_child(app)
     try:
-        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in quick[-5:]),
-                 what="the quick jobs")
+        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in handles[-5:]),
+                 what="the jobs")
     finally:
         c.stop()
         t.join(10)
+
+
+def test_short_jobs_are_prefetched(app: Chervil) -> None:
+    spy = Spy(app)
+    quick = [app.tasks["quick"].enqueue(i) for i in range(300)]
+    drain(app, quick)
     assert max(limit for _, limit in spy.limits) == THREADS * 2
     assert all(h.status() is JobStatus.SUCCEEDED for h in quick)
 
@@ -114,12 +120,5 @@ def test_no_prefetch_of_jobs_with_a_concurrency_key(app: Chervil) -> None:
         pass
 
     spy = Spy(app)
-    jobs = [limited.enqueue(i) for i in range(300)]
-    c, t = run_child(app)
-    try:
-        wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in jobs[-5:]),
-                 what="the limited jobs")
-    finally:
-        c.stop()
-        t.join(10)
+    drain(app, [limited.enqueue(i) for i in range(300)])
     assert max(limit for _, limit in spy.limits) <= THREADS

@@ -106,7 +106,10 @@ def tree(root: int) -> dict[int, float]:
 def start_worker(lib: Lib, variant: Variant, log_name: str) -> subprocess.Popen[bytes]:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = (LOGS / f"{log_name}.log").open("wb")
-    env = dict(lib.env, PYTHONPATH=str(PEERS_DIR))
+    # the peers dir first (the driver modules), then the caller's path: a worktree put
+    # there (A/B runs of another revision) is what the worker imports, as the drivers do
+    path = [str(PEERS_DIR), *filter(None, [lib.env.get("PYTHONPATH")])]
+    env = dict(lib.env, PYTHONPATH=os.pathsep.join(path))
     return subprocess.Popen(variant.argv, cwd=PEERS_DIR, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -165,11 +165,7 @@ class RedisBroker(AdminVerbs, Broker):
                           if by_queue else ([], []))
         reserving = limit > 0 and bool(queues)
         if reserving and not self._cluster:
-            _, rcalls = self._calls(
-                "reserve", queues, [limit, worker, repr(float(lease_seconds)), 100 + limit,
-                                    WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"] for q in queues},
-                now=now)
-            calls += self._with_ptasks(rcalls)
+            calls.append(self._reserve_call(queues, limit, worker, lease_seconds, now))
         results = self._scripts.run(self._r, calls) if calls else []
         accepted = [False] * len(outcomes)
         for g, (flags, wakes) in zip(fgroups, results, strict=False):
@@ -183,6 +179,15 @@ class RedisBroker(AdminVerbs, Broker):
             jobs_flat, _, _ = results[-1]
             return accepted, _decode_jobs(jobs_flat)
         return accepted, self._reserve_cluster(queues, limit, worker, lease_seconds)
+
+    def _reserve_call(self, queues: list[str], limit: int, worker: str,
+                      lease_seconds: float, now: str | None = None) -> Call:
+        """Standalone: the one reserve script call over every queue."""
+        [call] = self._with_ptasks(self._calls(
+            "reserve", queues, [limit, worker, repr(float(lease_seconds)), 100 + limit,
+                                WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"] for q in queues},
+            now=now)[1])
+        return call
 
     def _reserve_cluster(self, queues: list[str], limit: int, worker: str,
                          lease_seconds: float) -> list[Job]:
@@ -287,10 +292,7 @@ class RedisBroker(AdminVerbs, Broker):
             block = self._block_seconds(queues, timeout)
             if block < 0.001:
                 return self._finish_reserve((), queues, limit, worker, lease_seconds)[1]
-            _, calls = self._calls(
-                "reserve", queues, [limit, worker, repr(float(lease_seconds)), 100 + limit,
-                                    WAKE_CAP], {q: [f"{uuid.uuid4().hex}:{q}"] for q in queues})
-            [(name, keys, args)] = self._with_ptasks(calls)
+            name, keys, args = self._reserve_call(queues, limit, worker, lease_seconds)
             pipe = self._blocking.pipeline(transaction=False)
             pipe.blpop([self._wake_key(q) for q in queues], timeout=round(block + 0.0005, 3))
             pipe.execute_command("EVALSHA", self._scripts.sha[name], len(keys), *keys, *args)

@@ -161,6 +161,7 @@ class RedisCore:
         return self._scripts.run(self._r, [(name, keys, args)])[0]
 
     def close(self) -> None:
+        self._scripts.close()
         self._r.close()
         self._blocking.close()
 

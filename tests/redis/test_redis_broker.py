@@ -151,3 +151,73 @@ def test_one_enqueue_wakes_every_waiter_it_has_jobs_for(private_redis: RedisServ
         assert job is not None and job.status is JobStatus.RUNNING
     finally:
         broker.close()
+
+
+def test_single_calls_from_many_threads_all_land(private_redis: RedisServer) -> None:
+    """One thread at a time uses the broker's held connection; the others take one
+    from the pool: 8 threads racing lose nothing and mix no replies."""
+    broker = open_broker(private_redis.url)
+    got: list[list[str]] = [[] for _ in range(8)]
+    sent: list[list[str]] = [[] for _ in range(8)]
+
+    def produce(k: int) -> None:
+        for _ in range(100):
+            job = new()
+            sent[k].append(job.id)
+            got[k].append(broker.enqueue([job])[0].id)
+
+    try:
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == sent  # each call read its own reply
+        [s] = broker.queue_stats()
+        assert s.counts == {"queued": 800}
+    finally:
+        broker.close()
+
+
+def test_a_dropped_connection_is_replaced_by_the_next_call(private_redis: RedisServer) -> None:
+    broker = open_broker(private_redis.url + "?timeout=5&enqueue_timeout=5")
+    admin = private_redis.client()
+    try:
+        broker.enqueue([new()])
+        killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1  # the held connection among them
+        [e] = broker.enqueue([new()])  # the failed send retries on a new connection
+        assert not e.duplicate
+        [s] = broker.queue_stats()
+        assert s.counts == {"queued": 2}
+    finally:
+        broker.close()
+
+
+def test_a_forked_child_enqueues_on_its_own_connection(private_redis: RedisServer) -> None:
+    """A child forked after the parent's first call must not write on the parent's
+    socket (their replies would interleave)."""
+    import multiprocessing
+
+    broker = open_broker(private_redis.url)
+    try:
+        broker.enqueue([new()])
+
+        def child() -> None:
+            for _ in range(200):
+                job = new()
+                assert broker.enqueue([job])[0].id == job.id  # its own reply
+
+        procs = [multiprocessing.get_context("fork").Process(target=child) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for _ in range(200):  # the parent keeps going while the children write
+            job = new()
+            assert broker.enqueue([job])[0].id == job.id
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        [s] = broker.queue_stats()
+        assert s.counts == {"queued": 601}
+    finally:
+        broker.close()

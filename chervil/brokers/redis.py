@@ -118,17 +118,26 @@ class RedisBroker(AdminVerbs, Broker):
         return self._run(go, self.options.enqueue_timeout)
 
     def _enqueue_one(self, job: NewJob) -> Enqueued:
-        """The same script call as a batch of one, built without the batch bookkeeping."""
+        """A batch of one, built without the batch bookkeeping; a job with no unique,
+        limit or rate key that is ready now takes the shorter script enqueue_plain."""
         q = job.queue
-        keys = [self._base(q), self._wake_key(q), self._ptasks]
+        if (job.unique_key is None and job.limit_key is None and job.rate_key is None
+                and job.run_at is None):
+            call: Call = ("enqueue_plain", [self._base(q), self._wake_key(q)], [
+                "", q, job.id, job.task, job.payload, str(job.priority),
+                str(job.max_attempts), WAKE_CAP, job.task_version or "",
+                json.dumps(job.trace) if job.trace else ""])
+        else:
+            call = ("enqueue", [self._base(q), self._wake_key(q), self._ptasks],
+                    ["", 1, WAKE_CAP, q, 1, *_job_args(job)])
         attempts = 0
 
         def go() -> Enqueued:
             nonlocal attempts
             attempts += 1
             self._register((q,))
-            args = [self._now(), 1, WAKE_CAP, q, 1, *_job_args(job)]
-            flat, _wakes = self._scripts.run(self._r, [("enqueue", keys, args)])[0]
+            call[2][0] = self._now()
+            flat, _wakes = self._scripts.run(self._r, [call])[0]
             return _enqueued(flat, 0, job, attempts)
 
         return self._run(go, self.options.enqueue_timeout)

@@ -27,6 +27,7 @@ except ImportError:  # redis-py without hiredis: its own packer
 
 NAMES = ("enqueue", "reserve", "finish", "extend", "release", "recover", "requeue",
          "cancel", "prune", "stats", "worker", "lease", "marks", "unpause")
+BARE = ("enqueue_plain",)  # self-contained: no _lib.lua (see the script's header)
 STATUSES = tuple(s.value for s in JobStatus)
 
 
@@ -38,6 +39,7 @@ class Scripts:
     def __init__(self) -> None:
         lib = _read("_lib")
         self.text = {name: f"{lib}\n{_read(name)}" for name in NAMES}
+        self.text.update({name: _read(name) for name in BARE})
         self.sha = {name: hashlib.sha1(t.encode()).hexdigest()
                     for name, t in self.text.items()}
         # One connection kept out of the pool for single calls (see _call): the thread
@@ -145,7 +147,7 @@ def _s(v: bytes | None) -> str | None:
 
 
 def _f(v: bytes | None) -> float | None:
-    return float(v) if v is not None else None
+    return float(v) if v else None  # b'': cleared (finish writes lease_until '')
 
 
 def decode_job(job_id: str, raw: dict[bytes, bytes] | list[bytes]) -> Job:

@@ -316,3 +316,33 @@ def test_prune_forgets_the_keys_no_job_needs(broker: Broker, clock: FakeClock) -
     broker.enqueue([job(rate_key="rate:p", rate_per_second=1.0, rate_burst=2.0)
                     for _ in range(3)])
     assert sum(j.rate_key == "rate:p" for j in broker.reserve(["default"], 10, "w", LEASE)) == 2
+
+
+def test_queue_age_counts_every_waiting_job_whatever_its_priority_or_hold(
+        broker: Broker, clock: FakeClock) -> None:
+    """The age of a queue is that of its oldest queued job: one of another priority, or
+    one held back by its lock, counts as much as a plain one."""
+    def age() -> float | None:
+        [s] = [s for s in broker.queue_stats() if s.queue == "default"]
+        return s.oldest_ready_age
+
+    urgent = job(priority=5)
+    broker.enqueue([urgent])
+    clock.advance(5)
+    first, second = job(limit_key="lock:k", limit_n=1), job(limit_key="lock:k", limit_n=1)
+    broker.enqueue([first, second])
+    clock.advance(5)
+    plain = job()
+    broker.enqueue([plain])
+    clock.advance(10)
+    assert age() == 20.0
+    [got] = broker.reserve(["default"], 1, "w", LEASE)
+    assert got.id == urgent.id and age() == 15.0
+    [got] = broker.reserve(["default"], 1, "w", LEASE)
+    assert got.id == first.id
+    [after] = broker.reserve(["default"], 5, "w", LEASE)  # second waits for the lock
+    assert after.id == plain.id
+    assert age() == 15.0  # the held one is the oldest now
+    done(broker, got)
+    [last] = broker.reserve(["default"], 5, "w", LEASE)
+    assert last.id == second.id and age() is None

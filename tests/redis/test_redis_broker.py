@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -219,5 +220,59 @@ def test_a_forked_child_enqueues_on_its_own_connection(private_redis: RedisServe
             assert p.exitcode == 0
         [s] = broker.queue_stats()
         assert s.counts == {"queued": 601}
+    finally:
+        broker.close()
+
+
+def test_age_entries_of_an_older_layout_are_dropped(private_redis: RedisServer) -> None:
+    """The earlier layout put every queued job in <base>:age and took it out at reserve;
+    priority-0 jobs are no longer there. An entry an older producer wrote for a job
+    since taken must not age the queue: stats drops it when it reaches the head."""
+    broker = open_broker(private_redis.url)
+    r = private_redis.client()
+    try:
+        [e] = broker.enqueue([new()])
+        base = "chervil:{default}"
+        run_at = float(r.hget(f"{base}:j:{e.id}", "run_at") or 0)
+        r.zadd(f"{base}:age", {e.id: run_at})  # as an older producer did
+        [job] = broker.reserve(["default"], 1, "w", LEASE)
+        assert r.zcard(f"{base}:age") == 1  # left behind, as by an older version
+        [s] = broker.queue_stats()
+        assert s.oldest_ready_age is None and s.counts == {"running": 1}
+        assert r.zcard(f"{base}:age") == 0
+        assert broker.finish([ok(job.id, job.lease_token or "")]) == [True]
+        done = broker.get(job.id)
+        assert done is not None and done.lease_until is None and done.finished_at
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("extra", [{}, {"priority": 3, "trace": {"traceparent": "00-ab-cd-01"}}])
+def test_a_single_plain_job_gets_the_record_and_indexes_of_a_batch(
+        private_redis: RedisServer, extra: dict[str, object]) -> None:
+    """A single job with no flow key takes enqueue_plain.lua, a batch enqueue.lua: the
+    same record, the same index entries, the same wake-up."""
+    from chervil.clock import FakeClock
+
+    broker = open_broker(private_redis.url, FakeClock(1_800_000_000.0))
+    r = private_redis.client()
+    base = "chervil:{default}"
+
+    def entries(job_id: str) -> dict[str, list[tuple[str, float]]]:
+        return {index: [(m.decode().replace(job_id, "ID"), score)
+                        for m, score in r.zrange(f"{base}:{index}", 0, -1, withscores=True)
+                        if job_id in m.decode()]
+                for index in ("ids:queued", "ready", "age", "sched")}
+
+    try:
+        [one] = broker.enqueue([new(**extra)])
+        assert r.llen("chervil:{_}:wake:default") == 1
+        two = broker.enqueue([new(**extra), new(queue="other")])[0]
+        assert r.llen("chervil:{_}:wake:default") == 2
+        again = dataclasses.replace(new(**extra), id=one.id)  # a retry after a lost reply
+        assert not one.duplicate and broker.enqueue([again])[0].duplicate
+        assert r.hgetall(f"{base}:j:{one.id}") == r.hgetall(f"{base}:j:{two.id}")
+        assert entries(one.id) == entries(two.id)
+        assert entries(one.id)["ready"] and bool(entries(one.id)["age"]) == bool(extra)
     finally:
         broker.close()

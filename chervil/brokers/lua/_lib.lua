@@ -5,7 +5,10 @@
 -- one Redis Cluster slot; <base> below is "<prefix>:{<queue>}"):
 --   <base>:j:<id>        hash   the job record (one per job)
 --   <base>:ready         zset   queued jobs; score -priority, member <run_at µs, 17 digits><id>
---   <base>:age           zset   queued jobs; score run_at (age of the oldest ready job)
+--   <base>:age           zset   the queued jobs not in ready at score 0: parked ones and
+--                               those of a priority other than 0; score run_at. With the
+--                               head of ready's score-0 band, the oldest queued job
+--                               (stats.lua); a plain job costs no write here
 --   <base>:sched         zset   scheduled jobs; score run_at
 --   <base>:run           zset   running jobs; score lease_until
 --   <base>:fin:<status>  zset   succeeded / dead / cancelled jobs; score finished_at
@@ -89,9 +92,13 @@ end
 
 local PARK_FIELD = {l = 'limit_key', r = 'rate_key', t = 'task'}
 
+-- run_at in seconds of a member of ready or of a park
+local function member_run_at(member) return tonumber(string.sub(member, 1, 17)) / 1000000 end
+
 -- due (rate parks): when a token is due; an existing rdue entry is kept.
 local function park(base, h, kind, name, score, member, due)
   redis.call('ZADD', base .. ':' .. kind .. 'park:' .. name, score, member)
+  redis.call('ZADD', base .. ':age', fmt(member_run_at(member)), string.sub(member, 18))
   redis.call('HSET', h, 'park', kind)
   if kind == 'r' then redis.call('ZADD', base .. ':rdue', 'NX', due or NOW_S, name) end
 end
@@ -108,6 +115,7 @@ local function refill(base, lk)
     redis.call('ZREM', pk, head[1])
     redis.call('HDEL', h, 'park')
     redis.call('ZADD', base .. ':ready', head[2], head[1])
+    if tonumber(head[2]) == 0 then redis.call('ZREM', base .. ':age', string.sub(head[1], 18)) end
     redis.call('HINCRBY', base .. ':lrc', lk, 1)
     UNPARKED = UNPARKED + 1
   end
@@ -134,7 +142,7 @@ end
 -- A queued job goes to ready, or to a park: its task is paused, jobs of its rate key
 -- already wait for tokens, or its limit key has no room (lpark non-empty, or running
 -- plus ready jobs of the key at limit_n). skip: a park kind not to check (the one the
--- job comes from).
+-- job comes from, so it is in age: it leaves age if it goes to ready at priority 0).
 local function place(base, id, h, f, run_at_s, skip)
   local member, score = rkey(tonumber(run_at_s), id), fmt(0 - f.prio)
   if f.task and PTASK[f.task] and skip ~= 't' then
@@ -151,6 +159,8 @@ local function place(base, id, h, f, run_at_s, skip)
     redis.call('HINCRBY', base .. ':lrc', f.lk, 1)
   end
   redis.call('ZADD', base .. ':ready', score, member)
+  if f.prio ~= 0 then redis.call('ZADD', base .. ':age', run_at_s, id)
+  elseif skip then redis.call('ZREM', base .. ':age', id) end
 end
 
 -- Take job id out of the indexes of its status st. lk (running only): its limit key
@@ -192,7 +202,6 @@ local function index(base, id, st, h, score_s, ttl, f)
   if st ~= 'running' then redis.call('ZADD', base .. ':ids:' .. st, 0, id) end
   if st == 'queued' then
     place(base, id, h, f or flow_fields(h), score_s)
-    redis.call('ZADD', base .. ':age', score_s, id)
   elseif st == 'scheduled' then
     redis.call('ZADD', base .. ':sched', score_s, id)
   elseif st == 'running' then

@@ -32,7 +32,7 @@ for g = 1, nq do
       out[#out + 1] = 0
     else
       leave(base, id, 'running', h, cur[3])
-      redis.call('HDEL', h, 'lease_until')
+      if kind ~= 's' then redis.call('HDEL', h, 'lease_until') end
       if kind == 'r' then
         local run_at = now
         if retry_at_s == '' then retry_at_s = now_s else run_at = tonumber(retry_at_s) end
@@ -50,8 +50,9 @@ for g = 1, nq do
           ready = ready + 1
         end
       elseif kind == 's' then
-        local fields = {'status', 'succeeded', 'finished_at', now_s}
-        if result ~= '' then fields[5] = 'result'; fields[6] = result end
+        -- lease_until '' reads as none: one command fewer than an HDEL
+        local fields = {'status', 'succeeded', 'finished_at', now_s, 'lease_until', ''}
+        if result ~= '' then fields[7] = 'result'; fields[8] = result end
         if err ~= '' then fields[#fields + 1] = 'last_error'; fields[#fields + 1] = err end
         redis.call('HSET', h, unpack(fields))
         free_unique(base, id, h, cur[4] or false)

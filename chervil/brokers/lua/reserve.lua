@@ -100,7 +100,7 @@ for g = 1, nq do
                members[k + 1], m, tokens)
           parked = parked + 1
         else
-          redis.call('ZREM', base .. ':age', id)
+          if f.priority then redis.call('ZREM', base .. ':age', id) end  -- see _lib.lua
           redis.call('ZREM', base .. ':ids:queued', id)
           if f.limit_key then take_slot(base, f.limit_key) end
           if f.rate_key then

@@ -126,18 +126,19 @@ class WorkerInfo:
     seen_at: float = 0.0
     jobs: tuple[str, ...] = ()
     counters: dict[str, int] = field(default_factory=dict)
+    threads: int = 0  # jobs it runs at once (0: not announced)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "host": self.host, "pid": self.pid, "queues": list(self.queues),
                 "tasks": self.tasks, "started_at": self.started_at, "seen_at": self.seen_at,
-                "jobs": list(self.jobs), "counters": self.counters}
+                "jobs": list(self.jobs), "counters": self.counters, "threads": self.threads}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkerInfo:
         return cls(id=d["id"], host=d["host"], pid=int(d["pid"]), queues=tuple(d["queues"]),
                    tasks=dict(d["tasks"]), started_at=float(d["started_at"]),
                    seen_at=float(d.get("seen_at", 0.0)), jobs=tuple(d.get("jobs", ())),
-                   counters=dict(d.get("counters", {})))
+                   counters=dict(d.get("counters", {})), threads=int(d.get("threads", 0)))
 
 
 class Broker(abc.ABC):

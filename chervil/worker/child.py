@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 from ..app import Chervil
@@ -52,13 +53,16 @@ RESERVE_AT = 8
 # average run time is over SHORT_JOB_SECONDS or a job has been running over
 # LONG_JOB_SECONDS (Celery's prefetch is blind to this: its users find jobs stuck behind
 # a long one on a worker while others idle). Should every thread still be taken by long
-# jobs, prefetched jobs no thread took for STRANDED_SECONDS are handed back. None either
-# for LIMITED_SECONDS after a reserve brought several jobs of one concurrency key: a held
-# job counts as running against its key, so prefetched ones would hold slots of a shared
-# limit that no thread runs (concurrency=64: 1,700 jobs/s with prefetch, 2,100 without).
-# A lock admits one job per key, so a reserve never brings two of one: prefetching the
-# jobs of many locks holds each lock for about a short job's run time, and drained
-# 3,850 jobs/s against 2,000 without.
+# jobs, prefetched jobs no thread took for STRANDED_SECONDS are handed back. For
+# LIMITED_SECONDS after a reserve brought several jobs of one concurrency key, at most
+# that key's spare slots: a held job counts as running against its key, so prefetched
+# ones hold slots of a shared limit that no thread runs, and prefetching as much as
+# plain jobs starved the other children (concurrency=64: 1,700 jobs/s, 2,100 with no
+# prefetch). Spare slots are those the threads of every live worker that runs the task
+# cannot fill, shared among those workers (see _spare_slots), so no thread anywhere
+# waits for a slot a prefetched job holds. A lock admits one job per key, so a reserve
+# never brings two of one: prefetching the jobs of many locks holds each lock for about
+# a short job's run time, and drained 3,850 jobs/s against 2,000 without.
 DEFAULT_PREFETCH = 64
 PREFETCH_WAIT_SECONDS = 0.05
 SHORT_JOB_SECONDS = 0.01
@@ -101,11 +105,12 @@ class Child:
         self._stopping = threading.Event()
         self._done = 0
         self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0}
-        self._live_tasks: tuple[float, set[str]] = (0.0, set())
         self._calls: dict[int, tuple[str, float]] = {}  # thread -> (broker call, start)
         self._run_avg = 1.0  # moving average of job run times (s): long until measured
         self._running: dict[int, float] = {}  # executor thread -> start of its job
-        self._limited_until = 0.0  # no prefetch until then: jobs with limit keys came
+        # (until, prefetch allowed until then): jobs of a shared concurrency key came
+        self._limited: tuple[float, int] = (0.0, 0)
+        self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])  # live workers, cached
 
     # -- control --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -198,9 +203,10 @@ class Child:
     def _take(self, jobs: list[Job]) -> None:
         """Jobs just reserved: held, reported to the supervisor, into the inbox."""
         crash_point("claimed")
-        keys = [j.limit_key for j in jobs if j.limit_key is not None]
-        if len(keys) != len(set(keys)):  # a key that admits several: see LIMITED_SECONDS
-            self._limited_until = time.monotonic() + LIMITED_SECONDS
+        keys = Counter(j.limit_key for j in jobs if j.limit_key is not None)
+        if any(n > 1 for n in keys.values()):  # a key that admits several: LIMITED_SECONDS
+            tasks = {j.task for j in jobs if j.limit_key and keys[j.limit_key] > 1}
+            self._limited = (time.monotonic() + LIMITED_SECONDS, self._spare_slots(tasks))
         with self._cond:
             self._free -= len(jobs)
             for job in jobs:
@@ -242,11 +248,40 @@ class Child:
         if not self.prefetch or avg > SHORT_JOB_SECONDS:
             return 0
         now = time.monotonic()
-        if now < self._limited_until:
+        until, allowed = self._limited
+        cap = allowed if now < until else self.prefetch
+        if not cap or any(now - t > LONG_JOB_SECONDS for t in list(self._running.values())):
             return 0
-        if any(now - t > LONG_JOB_SECONDS for t in list(self._running.values())):
+        return min(cap, int(self.threads * PREFETCH_WAIT_SECONDS / max(avg, 1e-6)))
+
+    def _spare_slots(self, tasks: set[str]) -> int:
+        """Jobs of these tasks' concurrency keys this child may hold beyond its threads:
+        per key, its limit minus the threads of the live workers that run the task,
+        divided among them. 0 when a task has no concurrency limit or a worker did not
+        announce its threads (an older version)."""
+        try:
+            workers = self._live_workers()
+        except Exception:
             return 0
-        return min(self.prefetch, int(self.threads * PREFETCH_WAIT_SECONDS / max(avg, 1e-6)))
+        allowed = self.prefetch
+        for name in tasks:
+            task = self.app.tasks.get(name)
+            limit = task.options.flow.concurrency if task is not None else None
+            runners = [w for w in workers if name in w.tasks and w.id != self.id]
+            if not limit or any(w.threads <= 0 for w in runners):
+                return 0
+            spare = limit - self.threads - sum(w.threads for w in runners)
+            allowed = min(allowed, max(0, spare // (len(runners) + 1)))
+        return allowed
+
+    def _live_workers(self) -> list[WorkerInfo]:
+        """The broker's live workers, read at most every 5 s."""
+        checked, workers = self._workers
+        now = time.monotonic()
+        if now - checked > 5.0:
+            workers = self.broker.workers(seen_within=self.lease_seconds)
+            self._workers = (now, workers)
+        return workers
 
     def _broker_down(self, exc: BaseException, backoff: float) -> float:
         backoff = min(max(backoff * 2, 0.1), 5.0)
@@ -304,15 +339,7 @@ class Child:
         return True
 
     def _tasks_of_live_workers(self) -> set[str]:
-        checked, tasks = self._live_tasks
-        now = time.monotonic()
-        if now - checked > 5.0:
-            tasks = set()
-            for w in self.broker.workers(seen_within=self.lease_seconds):
-                if w.id != self.id:
-                    tasks.update(w.tasks)
-            self._live_tasks = (now, tasks)
-        return tasks
+        return {t for w in self._live_workers() if w.id != self.id for t in w.tasks}
 
     # -- finisher --------------------------------------------------------------------------
     def _finish_loop(self) -> None:
@@ -427,7 +454,8 @@ class Child:
                 id=self.id, host=socket.gethostname(), pid=os.getpid(),
                 queues=self.queues.names,
                 tasks={name: t.version for name, t in self.app.tasks.items()},
-                started_at=self.started_at, jobs=held, counters=counters))
+                started_at=self.started_at, jobs=held, counters=counters,
+                threads=self.threads))
 
     # -- shutdown -------------------------------------------------------------------------
     def _hand_back_unstarted(self, why: str) -> None:

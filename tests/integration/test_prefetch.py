@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chervil import Chervil, JobStatus
+from chervil.brokers.base import WorkerInfo
 from chervil.task import JobHandle
 from chervil.worker import child as child_module
 from chervil.worker.child import Child
@@ -112,13 +113,27 @@ def test_no_prefetch_behind_long_jobs_and_stranded_ones_go_back(
         t.join(10)
 
 
-def test_no_prefetch_of_jobs_with_a_concurrency_key(app: Chervil) -> None:
-    """A held job counts as running against its key: prefetched ones would take slots of
-    a global concurrency limit that no thread runs, so jobs with a key turn it off."""
-    @app.task(name="limited", concurrency=50)
+@pytest.mark.parametrize(("concurrency", "other_threads", "most"), [
+    (50, None, THREADS * 2),  # 48 spare slots: the whole prefetch
+    (THREADS + 1, None, THREADS + 1),  # one spare slot
+    (50, 48, THREADS),  # another worker's threads can fill every slot: none
+    (50, 0, THREADS),  # another worker that does not say its threads: none
+])
+def test_prefetch_of_a_concurrency_key_takes_only_its_spare_slots(
+        app: Chervil, concurrency: int, other_threads: int | None, most: int) -> None:
+    """A held job counts as running against its key: a prefetched one holds a slot of the
+    shared limit that no thread runs. A child prefetches jobs of a concurrency key only
+    into the slots the threads of every live worker running the task cannot fill, shared
+    among those workers, so no thread anywhere waits for a slot a prefetched job holds."""
+    @app.task(name="limited", concurrency=concurrency)
     def limited(i: int) -> None:
         pass
 
+    if other_threads is not None:
+        app.broker.register_worker(WorkerInfo(
+            id="another-host", host="elsewhere", pid=1, queues=("default",),
+            tasks={"limited": limited.version}, started_at=app.clock.now(),
+            threads=other_threads))
     spy = Spy(app)
     drain(app, [limited.enqueue(i) for i in range(300)])
-    assert max(limit for _, limit in spy.limits) <= THREADS
+    assert max(limit for _, limit in spy.limits) == most

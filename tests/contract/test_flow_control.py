@@ -346,3 +346,21 @@ def test_queue_age_counts_every_waiting_job_whatever_its_priority_or_hold(
     done(broker, got)
     [last] = broker.reserve(["default"], 5, "w", LEASE)
     assert last.id == second.id and age() is None
+
+
+def test_a_batch_of_finishes_frees_as_many_slots_as_it_ends(broker: Broker) -> None:
+    """Finishing several running jobs of a limit key at once lets as many waiting ones
+    run, in their order, and no more."""
+    waiting = [job(limit_key="concurrency:t:", limit_n=3) for _ in range(10)]
+    broker.enqueue(waiting)
+    first = broker.reserve(["default"], 10, "w", LEASE)
+    assert [j.id for j in first] == [j.id for j in waiting[:3]]
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    assert broker.finish([Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED)
+                          for j in first]) == [True] * 3
+    second = broker.reserve(["default"], 10, "w", LEASE)
+    assert [j.id for j in second] == [j.id for j in waiting[3:6]]
+    assert broker.finish([Outcome(j.id, j.lease_token or "", JobStatus.SUCCEEDED)
+                          for j in second[:2]]) == [True] * 2
+    third = broker.reserve(["default"], 10, "w", LEASE)
+    assert [j.id for j in third] == [j.id for j in waiting[6:8]]

@@ -103,23 +103,37 @@ local function park(base, h, kind, name, score, member, due)
   if kind == 'r' then redis.call('ZADD', base .. ':rdue', 'NX', due or NOW_S, name) end
 end
 
--- Move parked jobs of limit key lk back to ready while a slot is free for them.
+-- Move parked jobs of limit key lk back to ready while a slot is free for them: as
+-- many as the key has room for (its limit read from the first parked job's record), at
+-- most 64 per call, in one ZRANGE, one ZREM, one ZADD and one HINCRBY plus an HDEL each.
 local function refill(base, lk)
   local pk = base .. ':lpark:' .. lk
-  for _ = 1, 64 do
-    local head = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
-    if not head[1] then return end
-    local h = base .. ':j:' .. string.sub(head[1], 18)
-    local n = tonumber(redis.call('HGET', h, 'limit_n') or '1')
-    if hnum(base .. ':slots', lk) + hnum(base .. ':lrc', lk) >= n then return end
-    redis.call('ZREM', pk, head[1])
-    redis.call('HDEL', h, 'park')
-    redis.call('ZADD', base .. ':ready', head[2], head[1])
-    if tonumber(head[2]) == 0 then redis.call('ZREM', base .. ':age', string.sub(head[1], 18)) end
-    redis.call('HINCRBY', base .. ':lrc', lk, 1)
-    UNPARKED = UNPARKED + 1
+  local head = redis.call('ZRANGE', pk, 0, 0)
+  if not head[1] then return end
+  local n = tonumber(redis.call('HGET', base .. ':j:' .. string.sub(head[1], 18), 'limit_n')
+                     or '1')
+  local room = math.min(64, n - hnum(base .. ':slots', lk) - hnum(base .. ':lrc', lk))
+  if room <= 0 then return end
+  local ms = redis.call('ZRANGE', pk, 0, room - 1, 'WITHSCORES')
+  local members, scored, plain = {}, {}, {}
+  for k = 1, #ms, 2 do
+    local id = string.sub(ms[k], 18)
+    redis.call('HDEL', base .. ':j:' .. id, 'park')
+    members[#members + 1] = ms[k]
+    scored[#scored + 1] = ms[k + 1]
+    scored[#scored + 1] = ms[k]
+    if tonumber(ms[k + 1]) == 0 then plain[#plain + 1] = id end  -- leaves age (priority 0)
   end
+  redis.call('ZREM', pk, unpack(members))
+  redis.call('ZADD', base .. ':ready', unpack(scored))
+  if plain[1] then redis.call('ZREM', base .. ':age', unpack(plain)) end
+  redis.call('HINCRBY', base .. ':lrc', lk, #members)
+  UNPARKED = UNPARKED + #members
 end
+
+-- Keys whose slots freed while a script defers its refills (finish: one refill per key
+-- for a whole batch, not one per job); nil while not deferring.
+local FREED = nil
 
 -- A job takes / gives back a slot of its limit key.
 local function take_slot(base, lk)
@@ -129,7 +143,7 @@ end
 
 local function free_slot(base, lk)
   hadd(base .. ':slots', lk, -1)
-  refill(base, lk)
+  if FREED then FREED[lk] = true else refill(base, lk) end
 end
 
 -- The fields place() needs (f.prio, f.lk, f.ln, f.rk, f.task).

@@ -8,8 +8,9 @@
 --   id, token, kind ('s' succeeded | 'r' retry | 'd' dead), retry_at ('' = now),
 --   dead_reason, error JSON ('' none), result JSON ('' none)
 -- Returns {{1|0 per outcome}, {wake tokens per queue}}.
--- Leaving running frees the job's limit-key slot (and moves one parked job of that key
--- back to ready); a rejected (stale) outcome frees nothing.
+-- Leaving running frees the job's limit-key slot; once the queue's outcomes are recorded,
+-- as many parked jobs of each such key as it has room for go back to ready (one refill
+-- per key, not per job); a rejected (stale) outcome frees nothing.
 
 local now, now_s = clock(ARGV[1])
 local nq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -23,6 +24,7 @@ for g = 1, nq do
   local head = false
   local ready, new_head = 0, false
   UNPARKED = 0
+  FREED = {}
   for _ = 1, n do
     local id, token, kind, retry_at_s, reason, err, result = unpack(ARGV, i, i + 6)
     i = i + 7
@@ -67,6 +69,8 @@ for g = 1, nq do
       out[#out + 1] = 1
     end
   end
+  for lk in pairs(FREED) do refill(base, lk) end
+  FREED = nil
   local tokens = 0
   if not is_paused(base) then
     tokens = ready + UNPARKED

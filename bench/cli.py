@@ -12,6 +12,7 @@ from .configs import BROKERS, LIBS, REDIS_URL, VenvError
 from .measure import DriverError, Lib, Variant, drain, latency, rate, rclient, run_driver
 from .report import log as _log
 from .report import render, summarize, write_results
+from .venvs import ROOT
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,11 +130,19 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
     summary = summarize(broker, data, failed)
     summary["settings"] = {"reps": args.reps, "quick": quick, "n_drain": n_drain,
                            "n_enqueue": n_enq, "n_bulk": n_bulk, "redis": REDIS_URL,
-                           "chervil_url": next((lib.env.get("CHERVIL_BROKER_URL") for lib, _
-                                                in libs if lib.module == "chervil_peer"), None),
+                           "chervil_url": _portable(next(
+                               (lib.env.get("CHERVIL_BROKER_URL") for lib, _ in libs
+                                if lib.module == "chervil_peer"), None)),
                            "when": datetime.datetime.now().isoformat(timespec="seconds"),
                            "python": sys.version.split()[0]}
     print(render(summary))
     if not args.no_write:
         write_results(summary, broker, args.latest)
 
+
+def _portable(url: str | None) -> str | None:
+    """A broker URL as recorded in the results: a path under the project is written
+    relative to it, so the JSON names no directory of the machine that ran it."""
+    if url is None:
+        return None
+    return url.replace(str(ROOT) + "/", "")

@@ -18,6 +18,13 @@ from ..job import Job
 from .queues import QueueSpec
 
 
+class Lead:
+    """The token that hands the fetcher's role to the executor that takes it."""
+
+
+LEAD = Lead()
+
+
 class Inbox:
     """A heap of jobs, and a token per job on a SimpleQueue for the executors to block on
     (a Condition instead cost the drain 12%: each wait makes a lock)."""
@@ -28,10 +35,14 @@ class Inbox:
         self._heap: list[tuple[int, int, int, Job]] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()  # False: stop
+        self._tokens: queue.SimpleQueue[bool | Lead] = queue.SimpleQueue()  # False: stop
         self.last_take = time.monotonic()  # an executor last took a job
 
-    def put(self, jobs: Iterable[Job]) -> None:
+    def put(self, jobs: Iterable[Job], lead: bool = False) -> None:
+        """Add jobs; with ``lead``, the next executor to wake takes the fetcher's role
+        (before any of these jobs)."""
+        if lead:
+            self._tokens.put(LEAD)
         n = 0
         with self._lock:
             for job in jobs:
@@ -41,9 +52,11 @@ class Inbox:
         for _ in range(n):
             self._tokens.put(True)
 
-    def get(self) -> Job | None:
-        """The most urgent job, waiting for one; None once closed."""
-        while self._tokens.get():
+    def get(self) -> Job | Lead | None:
+        """The most urgent job, waiting for one; LEAD: fetch now; None once closed."""
+        while token := self._tokens.get():
+            if token is LEAD:
+                return LEAD
             with self._lock:
                 if self._heap:  # (empty when take_all ran since its token was put)
                     self.last_take = time.monotonic()

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from chervil.brokers import open_broker
 from chervil.brokers.base import Lease
@@ -191,6 +192,32 @@ def test_a_dropped_connection_is_replaced_by_the_next_call(private_redis: RedisS
         assert not e.duplicate
         [s] = broker.queue_stats()
         assert s.counts == {"queued": 2}
+    finally:
+        broker.close()
+
+
+def test_a_pipeline_on_the_held_connection_survives_error_replies_and_a_flush(
+        private_redis: RedisServer) -> None:
+    """The worker's finish and reserve travel together on the held connection: an error
+    reply to one call is raised after every reply is read (the next call reads its own
+    replies), and scripts Redis forgot are loaded and only the refused calls rerun."""
+    broker = open_broker(private_redis.url)
+    assert isinstance(broker, RedisBroker)
+    try:
+        broker.enqueue([new(), new()])
+        bad = ("enqueue_plain", [], [])  # no keys: the script fails in Redis
+        [good] = broker._calls("stats", ["default"], [])[1]
+        with pytest.raises(redis.ResponseError):
+            broker._scripts.run(broker._r, [good, bad, good])
+        stats = broker._scripts.run(broker._r, [good, good])  # each reads its own reply
+        assert stats[0][0][:7] == stats[1][0][:7] == [0, 0, 2, 0, 0, 0, 0]
+        private_redis.client().script_flush()
+        [job] = broker.reserve(["default"], 1, "w", LEASE)
+        ok_, jobs = broker.finish_and_reserve([ok(job.id, job.lease_token or "")], ["default"],
+                                              5, "w", LEASE)
+        assert ok_ == [True] and len(jobs) == 1
+        assert {s.queue: s.counts for s in broker.queue_stats()} == {
+            "default": {"succeeded": 1, "running": 1}}
     finally:
         broker.close()
 

@@ -434,3 +434,35 @@ def test_prune_passes_over_a_unique_key_a_producer_is_taking(broker: PostgresBro
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}.unique_keys")
                            .format(broker._schema)).fetchone()
     assert row is not None and row[0] == 0
+
+
+def test_enqueues_of_lock_jobs_never_scan_the_table(
+        make_broker: Callable[..., PostgresBroker], schema: str) -> None:
+    """An enqueue with a lock key checks whether its id is taken by a primary-key probe.
+    Planned as a join, it read the whole table instead: here at each of the 18 batches,
+    and in the generic plan the driver switches to after five executions, at single
+    enqueues too (one cost 33 ms with 100,000 jobs waiting, against 0.8 ms now)."""
+    def seq_scans() -> int:
+        # a backend's counts reach the statistics when it exits: wait for them to settle
+        last, stable = -1, 0
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            for _ in range(50):
+                [[n]] = conn.execute("SELECT seq_scan FROM pg_stat_user_tables "
+                                     "WHERE schemaname = %s AND relname = 'jobs'",
+                                     (schema,)).fetchall()
+                stable = stable + 1 if n == last else 0
+                if stable >= 3:
+                    break
+                last = n
+                conn.execute("SELECT pg_sleep(0.1)")
+        return int(last)
+
+    broker = make_broker()
+    broker.get("none")  # the schema exists
+    before = seq_scans()
+    for _ in range(18):
+        broker.enqueue([new(limit_key=f"acct:{i}", limit_n=1) for i in range(1000)])
+    for i in range(20):
+        broker.enqueue([new(limit_key=f"acct:{i}", limit_n=1)])
+    broker.close()  # its connections' counts reach the statistics as they exit
+    assert seq_scans() == before

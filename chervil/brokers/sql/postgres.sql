@@ -52,6 +52,11 @@ RETURNING id;
 -- "window"); ON CONFLICT skips ids that exist. New jobs take their unique keys and make
 -- the slots and buckets rows of their limit and rate keys (a new bucket starts full).
 -- For each skipped job, name the job that holds its key.
+-- Every look at unique_keys and jobs is a primary-key probe per input row (a LATERAL
+-- subquery with LIMIT, which the planner neither flattens nor hashes): planned as joins,
+-- the generic plan read the whole jobs table for the id check (one enqueue of a lock job:
+-- 1.9 ms with 1,000 jobs in the table, 33 ms with 100,000), and correlated scans of the
+-- inserted rows made a batch quadratic (1,000 jobs: 18 ms of 24).
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[],
                          %(priorities)s::integer[], %(payloads)s::bytea[],
@@ -69,8 +74,10 @@ WITH input AS (
 ), held AS (
     SELECT i.pos, u.job_id
     FROM input AS i
-    JOIN {s}.unique_keys AS u ON u.key = i.unique_key
-    LEFT JOIN {s}.jobs AS h ON h.id = u.job_id
+    CROSS JOIN LATERAL (SELECT u.job_id, u.mode, u.until FROM {s}.unique_keys AS u
+                        WHERE u.key = i.unique_key LIMIT 1) AS u
+    LEFT JOIN LATERAL (SELECT h.status FROM {s}.jobs AS h
+                       WHERE h.id = u.job_id LIMIT 1) AS h ON true
     CROSS JOIN t
     WHERE (u.mode = 'window' AND u.until > t.now)
        OR (u.mode = 'queued' AND h.status IN ('scheduled', 'queued'))
@@ -109,11 +116,13 @@ WITH input AS (
     ORDER BY 1
     ON CONFLICT DO NOTHING
 )
-SELECT i.id,
-       EXISTS (SELECT 1 FROM inserted AS n WHERE n.id = i.id) AS added,
-       EXISTS (SELECT 1 FROM {s}.jobs AS e WHERE e.id = i.id) AS id_taken,
-       (SELECT held.job_id FROM held WHERE held.pos = i.pos) AS holder
+SELECT i.id, n.id IS NOT NULL AS added, e.taken IS NOT NULL AS id_taken, h.job_id AS holder
 FROM input AS i
+LEFT JOIN inserted AS n ON n.id = i.id
+LEFT JOIN held AS h ON h.pos = i.pos
+-- (the table as it was before this statement: a row inserted above is not seen here)
+LEFT JOIN LATERAL (SELECT true AS taken FROM {s}.jobs AS e
+                   WHERE e.id = i.id AND n.id IS NULL LIMIT 1) AS e ON true
 ORDER BY i.pos;
 
 -- name: reserve

@@ -1,0 +1,11 @@
+-- chervil PostgreSQL schema, version 8: flow_in_force probes its index, never bitmaps it.
+--
+-- The reserve statement asks flow_in_force whether any ready job with a limit or rate key
+-- waits in the queues. Its generic plan answered with a BitmapOr of jobs_key_ready and
+-- jobs_rate_ready: a bitmap is built in full before the first row is read, so each
+-- reserve read every ready flow-controlled job of the table (and the entries of the jobs
+-- taken since the last vacuum) to find one. In a drain of 6,000 lock or concurrency jobs
+-- that was 12,000 entries and 0.5 ms per reserve, growing with the backlog. A plain index
+-- scan of jobs_flow stops at the first live row, and marks the dead entries it passes
+-- (as version 4 did for reserve_flow).
+ALTER FUNCTION flow_in_force(text[], double precision) SET enable_bitmapscan = off;

@@ -60,6 +60,16 @@ class Scripts:
         Any other error reply is raised, once every reply has been read.
         """
         pool = getattr(client, "connection_pool", None)  # None: a cluster client
+        if len(calls) == 1 and pool is not None:  # (the common case, without the loop)
+            name, keys, args = calls[0]
+            command = ("EVALSHA", self.sha[name], len(keys), *keys, *args)
+            [res] = self._call(pool, [command])
+            if isinstance(res, NoScriptError):  # it did not run: load, and run it
+                self.load(client)
+                [res] = self._call(pool, [command])
+            if isinstance(res, Exception):
+                raise res
+            return [res]
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
@@ -96,8 +106,8 @@ class Scripts:
         enqueue. The held connection skips that: only this object uses it, and any
         failure but a Redis error reply drops it, so it is never left with unread data.
         A forked child makes its own (the key holds the pid)."""
-        packed = ([b"".join(pack_command(c) for c in commands)] if pack_command is not None
-                  else None)
+        packed = (None if pack_command is None else [pack_command(commands[0])]
+                  if len(commands) == 1 else [b"".join(map(pack_command, commands))])
         if self._lane.acquire(blocking=False):
             try:
                 key = (os.getpid(), id(pool))

@@ -60,41 +60,28 @@ class Scripts:
         Any other error reply is raised, once every reply has been read.
         """
         pool = getattr(client, "connection_pool", None)  # None: a cluster client
-        if len(calls) == 1 and pool is not None:  # (the common case, without the loop)
-            name, keys, args = calls[0]
-            command = ("EVALSHA", self.sha[name], len(keys), *keys, *args)
-            [res] = self._call(pool, [command])
-            if isinstance(res, NoScriptError):  # it did not run: load, and run it
-                self.load(client)
-                [res] = self._call(pool, [command])
+        commands = [("EVALSHA", self.sha[name], len(keys), *keys, *args)
+                    for name, keys, args in calls]
+        out = self._send(client, pool, commands)
+        missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
+        if missing:  # those did not run: load, and run them
+            self.load(client)
+            for i, res in zip(missing, self._send(client, pool, [commands[i] for i in missing]),
+                              strict=True):
+                out[i] = res
+        for res in out:
             if isinstance(res, Exception):
                 raise res
-            return [res]
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            commands = [("EVALSHA", self.sha[calls[i][0]], len(calls[i][1]), *calls[i][1],
-                         *calls[i][2]) for i in todo]
-            if pool is not None:
-                out = self._call(pool, commands)
-            else:
-                pipe = client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                out = pipe.execute(raise_on_error=False)
-            missing = []
-            for i, res in zip(todo, out, strict=True):
-                if isinstance(res, NoScriptError) and attempt == 0:
-                    missing.append(i)
-                elif isinstance(res, Exception):
-                    raise res
-                else:
-                    results[i] = res
-            if not missing:
-                break
-            self.load(client)
-            todo = missing
-        return results
+        return out
+
+    def _send(self, client: Any, pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to commands sent in one write (an error reply as its exception)."""
+        if pool is not None:
+            return self._call(pool, commands)
+        pipe = client.pipeline(transaction=False)  # a cluster client routes each command
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
 
     def _call(self, pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands packed by hiredis and sent in one write, what redis-py's pipeline would

@@ -109,11 +109,14 @@ class Reporter:
         self._slot: dict[str, int] = {}  # job id -> its entry
         self._unsent: list[str] = []  # H lines not written yet (see the module docstring)
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str | None = None) -> None:
+        """Write the unsent H lines, then ``line``."""
         if self.fd is None:
             return
         with self._lock:
-            lines, self._unsent = [*self._unsent, line] if line else self._unsent, []
+            lines, self._unsent = self._unsent, []
+            if line is not None:
+                lines.append(line)
             if not lines:
                 return
             try:
@@ -131,7 +134,7 @@ class Reporter:
     def flush(self) -> None:
         """Write the H lines noted since the last write (the child is about to wait)."""
         if self._unsent:
-            self._write("")
+            self._write()
 
     def started(self, job: Job, timeout: float | None) -> None:
         if self.fd is None:

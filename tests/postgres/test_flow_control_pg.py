@@ -311,6 +311,23 @@ def test_a_backlog_behind_a_full_key_is_parked(broker: PostgresBroker, schema: s
     assert _parked(schema) == len(backlog) - 2
 
 
+def test_one_finish_brings_back_per_key_as_many_as_it_freed(broker: PostgresBroker,
+                                                           schema: str) -> None:
+    """A finish of jobs of two keys is one statement: per key, it brings back as many
+    parked jobs as it ended running ones, in their order, and leaves the rest parked."""
+    a = [new(limit_key="acct:a", limit_n=2) for _ in range(6)]
+    b = [new(limit_key="acct:b", limit_n=1) for _ in range(4)]
+    broker.enqueue(a + b)
+    running = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.id for j in running) == sorted(j.id for j in a[:2] + b[:1])
+    assert broker.reserve(["default"], 10, "w", LEASE) == []  # both keys full: parked
+    assert _parked(schema) == 4 + 3
+    assert broker.finish([_done(j) for j in running]) == [True] * 3
+    assert _parked(schema) == 2 + 2
+    back = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.id for j in back) == sorted(j.id for j in a[2:4] + b[1:2])
+
+
 def test_a_parked_job_whose_slot_freed_unseen_comes_back(broker: PostgresBroker,
                                                           schema: str) -> None:
     """A job parked while the last running job of its key was finishing (the finish saw
@@ -324,10 +341,14 @@ def test_a_parked_job_whose_slot_freed_unseen_comes_back(broker: PostgresBroker,
     assert _parked(schema) == 2  # one slot: one job back
     [a] = broker.reserve(["default"], 10, "w", LEASE)
     assert a.id == jobs[0].id
-    with psycopg.connect(POSTGRES_URL) as conn:  # its finish, as if it missed the parked
-        conn.execute(sql.SQL("ALTER TABLE {}.jobs DISABLE TRIGGER jobs_slot_freed")
+    # its finish, as if it missed the parked jobs (its statement trigger brings them back)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {}.jobs DISABLE TRIGGER jobs_slots_freed")
                      .format(sql.Identifier(schema)))
     assert broker.finish([_done(a)]) == [True]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {}.jobs ENABLE TRIGGER jobs_slots_freed")
+                     .format(sql.Identifier(schema)))
     assert _parked(schema) == 2
     # a reserve that comes back short sweeps, and the next one takes the job
     assert broker.reserve(["default"], 10, "w", LEASE) == []

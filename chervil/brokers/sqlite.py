@@ -55,28 +55,32 @@ def _row_to_job(row: Sequence[Any]) -> Job:
 PARK_BATCH = 5000  # jobs of one full key, paused task or empty bucket parked per look
 
 
-def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[str]:
-    """Pick up to ``want`` ready ids of ``queue`` that flow control lets run now.
+def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[int]:
+    """Pick up to ``want`` ready jobs of ``queue`` that flow control lets run now (rowids).
 
     The batch is kept within each key's free slots and tokens, and the tokens taken are
     written back. The jobs of a paused task, of a key found full or of an empty bucket are
     parked (sqlite_0004 to sqlite_0006) and the candidates read again past them, so such a
     backlog is stepped over once.
     """
-    ids: list[str] = []
+    ids: list[int] = []
+    taken: set[int] = set()
     free: dict[str, int] = {}
     buckets: dict[str, list[float]] = {}  # key -> [tokens, rate, burst]
     paused = {r[0] for r in conn.execute(Q["paused_tasks"])}
     for _ in range(20):  # at most 20 x PARK_BATCH jobs parked by one reserve
         parked, full = False, []
-        held: set[object] = set()  # paused tasks, ("rate", key) of empty buckets
-        rows = conn.execute(Q["reserve_candidates"], (queue, want * 4 + 16)).fetchall()
-        for job_id, task, limit_key, limit_n, rate_key, rate, burst in rows:
-            if job_id in ids:
+        held_tasks: set[str] = set()  # paused tasks met, their jobs parked
+        held_rates: set[str] = set()  # keys of empty buckets met, their jobs parked
+        # read as far as needed: the candidates past a full batch are read only when
+        # some before them were held back (parking below does not disturb the read)
+        rows = conn.execute(Q["reserve_candidates"], (queue, want * 4 + 16))
+        for rowid, task, limit_key, limit_n, rate_key, rate, burst in rows:
+            if rowid in taken:
                 continue
             if task in paused:
-                if task not in held:
-                    held.add(task)
+                if task not in held_tasks:
+                    held_tasks.add(task)
                     conn.execute(Q["park_task"], (queue, task, PARK_BATCH))
                     parked = True
                 continue
@@ -96,8 +100,8 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
                     tokens = burst if b is None else min(burst, b[0] + (now - b[1]) * rate)
                     buckets[rate_key] = [tokens, rate, burst]
                 if buckets[rate_key][0] < 1:
-                    if ("rate", rate_key) not in held:
-                        held.add(("rate", rate_key))
+                    if rate_key not in held_rates:
+                        held_rates.add(rate_key)
                         conn.execute(Q["park_rate"], (rate_key, now, buckets[rate_key][0],
                                                       rate, PARK_BATCH, json.dumps(ids)))
                         parked = True
@@ -105,9 +109,11 @@ def _admit(conn: sqlite3.Connection, queue: str, want: int, now: float) -> list[
                 buckets[rate_key][0] -= 1
             if limit_key is not None:
                 free[limit_key] -= 1
-            ids.append(job_id)
+            ids.append(rowid)
+            taken.add(rowid)
             if len(ids) >= want:
                 break
+        rows.close()
         if not parked or len(ids) >= want:
             break
         for key in full:  # counted again if their jobs still stand at the head

@@ -51,16 +51,17 @@ RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lo
 -- Ready jobs of one queue, in order. Jobs of a full limit key, of a paused task or of an
 -- empty bucket are among them: the broker parks them (see sqlite_0004_parked_jobs.sql,
 -- sqlite_0005 and sqlite_0006), then checks limits and tokens inside the batch itself.
-SELECT id, task, limit_key, limit_n, rate_key, rate_per_second, rate_burst FROM chervil_jobs
-WHERE status = 'queued' AND queue = ?1 AND park IS NULL
+SELECT rowid, task, limit_key, limit_n, rate_key, rate_per_second, rate_burst
+FROM chervil_jobs WHERE status = 'queued' AND queue = ?1 AND park IS NULL
 ORDER BY priority DESC, run_at, id LIMIT ?2;
 
 -- name: reserve_ids
--- "(?)" is widened to one placeholder per id by the broker.
+-- "(?)" is widened to one placeholder per job by the broker; the jobs are given by rowid
+-- (as reserve_candidates read them: one b-tree search each, where an id needs two).
 UPDATE chervil_jobs
 SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_until = ?,
     started_at = ?, worker = ?
-WHERE +status = 'queued' AND id IN (?)
+WHERE +status = 'queued' AND rowid IN (?)
 RETURNING id, task, queue, payload, status, priority, attempts, max_attempts, lost_leases,
     last_error, dead_reason, created_at, run_at, started_at, finished_at, worker,
     lease_until, lease_token, unique_key, task_version, result, trace, limit_key, rate_key;
@@ -88,10 +89,10 @@ WHERE id IN (SELECT id FROM chervil_jobs
 UPDATE chervil_jobs SET park = NULL WHERE task = ? AND status = 'queued' AND park = 't';
 
 -- name: park_rate
--- Park up to ?5 ready jobs of rate key ?1 from the head, but the ids in the JSON array
--- ?6: the n-th one due when the bucket, holding ?3 tokens at ?2 and refilling ?4 a
--- second, will hold n tokens, and not before n / ?4 after the key's last parked job (jobs
--- with a token now are left ready).
+-- Park up to ?5 ready jobs of rate key ?1 from the head, but the jobs whose rowids are in
+-- the JSON array ?6: the n-th one due when the bucket, holding ?3 tokens at ?2 and
+-- refilling ?4 a second, will hold n tokens, and not before n / ?4 after the key's last
+-- parked job (jobs with a token now are left ready).
 UPDATE chervil_jobs SET park = 'r', park_due = p.due
 FROM (SELECT h.id,
              max(?2 + (h.n - ?3) / ?4,
@@ -103,7 +104,7 @@ FROM (SELECT h.id,
             FROM (SELECT id, priority, run_at FROM chervil_jobs
                   INDEXED BY chervil_jobs_rate_waiting
                   WHERE status = 'queued' AND rate_key = ?1 AND park IS NULL
-                    AND id NOT IN (SELECT value FROM json_each(?6))
+                    AND rowid NOT IN (SELECT value FROM json_each(?6))
                   ORDER BY priority DESC, run_at, id LIMIT ?5) AS w) AS h) AS p
 WHERE chervil_jobs.id = p.id AND p.due > ?2;
 

@@ -105,13 +105,16 @@ class Child:
         self._flush = threading.Condition(lock)  # outcomes to record: wakes the finisher
         self._free = threads  # threads minus held jobs: below 0 while jobs are prefetched
         self._held: dict[str, Job] = {}
+        # held jobs not started yet -> when their lease runs out at the latest (monotonic;
+        # see _lease_lapsing): set at the reserve, moved on by each extend that renews it
+        self._lease_due: dict[str, float] = {}
         self._pending: list[Outcome] = []  # outcomes not yet recorded in the broker
         self._ran: set[str] = set()  # held jobs whose outcome is in hand, not yet recorded
         self._waiting_on_broker = False  # the fetcher is blocked in broker.wait()
         self._closing = False
         self._stopping = threading.Event()
         self._done = 0
-        self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0}
+        self._counters = {"succeeded": 0, "retried": 0, "dead": 0, "fenced": 0, "lapsed": 0}
         self._calls: dict[int, tuple[str, float]] = {}  # thread -> (broker call, start)
         self._run_avg = 1.0  # moving average of job run times (s): long until measured
         self._running: dict[int, float] = {}  # executor thread -> start of its job
@@ -245,10 +248,12 @@ class Child:
         if any(n > 1 for n in keys.values()):  # a key that admits several: LIMITED_SECONDS
             tasks = {j.task for j in jobs if j.limit_key and keys[j.limit_key] > 1}
             self._limited = (time.monotonic() + LIMITED_SECONDS, self._spare_slots(tasks))
+        due = time.monotonic() + self.lease_seconds
         with self._cond:
             self._free -= len(jobs)
             for job in jobs:
                 self._held[job.id] = job
+                self._lease_due[job.id] = due
         self.reporter.held(jobs)
         self._inbox.put(jobs[1:] if lead else jobs, lead=lead)
 
@@ -349,6 +354,8 @@ class Child:
             self._run(job, me)
 
     def _run(self, job: Job, me: int) -> None:
+        if self._lease_lapsing(job):
+            return
         start = time.monotonic()
         task = self.app.tasks.get(job.task)
         if task is None and self._handed_back(job):
@@ -370,6 +377,29 @@ class Child:
                 self._flush.notify()
             if self.max_jobs is not None and self._done >= self.max_jobs:
                 self._stopping.set()
+
+    def _lease_lapsing(self, job: Job) -> bool:
+        """A held job whose lease an extend reported lost, or that has less than a third
+        of a lease left (the heartbeat renews every third: it could not reach the broker
+        meanwhile), is not started: by the time it ran, another worker could have
+        recovered it and run it too. It is handed back instead (the release is fenced by
+        its token, and spends no attempt); if the broker cannot be reached, recovery
+        requeues it once its lease has run out."""
+        with self._cond:
+            due = self._lease_due.pop(job.id, None)
+        if due is None or due - time.monotonic() > self.lease_seconds / 3:
+            return False
+        with contextlib.suppress(Exception):
+            self.broker.release([Lease(job.id, job.lease_token or "")])
+        with self._cond:
+            self._held.pop(job.id, None)
+            self._free += 1
+            self._counters["lapsed"] += 1
+            self._cond.notify_all()
+        self.reporter.done([job.id])
+        log.warning("job %s: not started, its lease was lost or about to lapse (the broker "
+                    "was out of reach); handed back", job.id)
+        return True
 
     def _handed_back(self, job: Job) -> bool:
         """An unknown task another live worker runs: hand it back, within a bounded wait."""
@@ -476,10 +506,12 @@ class Child:
         last_prune = 0.0
         while not self._stopping.wait(interval):
             try:
+                sent = time.monotonic()
                 with self._cond:
                     leases = [Lease(j.id, j.lease_token or "") for j in self._held.values()]
                 with self._in_broker("heartbeat"):
                     lost = self.broker.extend(leases, self.lease_seconds)
+                    self._renewed(leases, lost, sent + self.lease_seconds)
                     self._announce()
                     self.broker.recover()
                 with self._cond:  # a job that ran may have been finished since the snapshot:
@@ -496,6 +528,15 @@ class Child:
                                       wall - s.dead_retention_seconds)
             except Exception as exc:
                 log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+    def _renewed(self, leases: list[Lease], lost: list[str], due: float) -> None:
+        """An extend sent before ``due - lease`` renewed these leases but the lost ones:
+        the unstarted jobs among them may start until ``due`` (see _lease_lapsing)."""
+        gone = set(lost)
+        with self._cond:
+            for lease in leases:
+                if lease.job_id in self._lease_due:
+                    self._lease_due[lease.job_id] = 0.0 if lease.job_id in gone else due
 
     def _announce(self) -> None:
         with self._cond:
@@ -520,6 +561,7 @@ class Child:
         with self._cond:
             for j in unstarted:
                 self._held.pop(j.id, None)
+                self._lease_due.pop(j.id, None)
             self._free += len(unstarted)
         self.reporter.done([j.id for j in unstarted])
         log.info("handed back %d unstarted job(s): %s", len(unstarted), why)

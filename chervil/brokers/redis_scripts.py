@@ -93,8 +93,7 @@ class Scripts:
         enqueue. The held connection skips that: only this object uses it, and any
         failure but a Redis error reply drops it, so it is never left with unread data.
         A forked child makes its own (the key holds the pid)."""
-        packed = (None if pack_command is None else [pack_command(commands[0])]
-                  if len(commands) == 1 else [b"".join(map(pack_command, commands))])
+        packed = None if pack_command is None else [b"".join(map(pack_command, commands))]
         if self._lane.acquire(blocking=False):
             try:
                 key = (os.getpid(), id(pool))

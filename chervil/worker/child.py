@@ -391,12 +391,7 @@ class Child:
             return False
         with contextlib.suppress(Exception):
             self.broker.release([Lease(job.id, job.lease_token or "")])
-        with self._cond:
-            self._held.pop(job.id, None)
-            self._free += 1
-            self._counters["lapsed"] += 1
-            self._cond.notify_all()
-        self.reporter.done([job.id])
+        self._let_go(job, "lapsed")
         log.warning("job %s: not started, its lease was lost or about to lapse (the broker "
                     "was out of reach); handed back", job.id)
         return True
@@ -413,12 +408,18 @@ class Child:
                                 delay=UNKNOWN_TASK_RETRY_SECONDS)
         except Exception:
             log.exception("could not hand back job %s", job.id)
+        self._let_go(job)
+        return True
+
+    def _let_go(self, job: Job, counter: str | None = None) -> None:
+        """A held job handed back unstarted: no longer held, its slot free again."""
         with self._cond:
             self._held.pop(job.id, None)
             self._free += 1
+            if counter is not None:
+                self._counters[counter] += 1
             self._cond.notify_all()
         self.reporter.done([job.id])
-        return True
 
     def _tasks_of_live_workers(self) -> set[str]:
         return {t for w in self._live_workers() if w.id != self.id for t in w.tasks}

@@ -40,14 +40,17 @@ class JobContext:
         return self.id
 
 
-_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
-    "chervil_job", default=None)
+# the job being run: its JobContext is made only when asked for (most tasks never do)
+_current: contextvars.ContextVar[Job | None] = contextvars.ContextVar("chervil_job", default=None)
 _loops = threading.local()
 
 
 def current_job() -> JobContext | None:
     """The job being run by this thread, or None outside a task."""
-    return _current.get()
+    job = _current.get()
+    if job is None:
+        return None
+    return JobContext(job.id, job.task, job.attempts, job.max_attempts, job.lease_token)
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -101,8 +104,7 @@ def execute(task: Task[Any, Any] | None, job: Job, clock: Clock, payload_limit: 
         return dead(job, DeadReason.BAD_ARGUMENTS,
                     f"arguments no longer bind to {task.name}{task.signature}: {exc}")
     secrets = _secrets(task, args, kwargs)
-    token = _current.set(JobContext(job.id, job.task, job.attempts, job.max_attempts,
-                                    job.lease_token))
+    token = _current.set(job)
     try:
         value = task.fn(*args, **kwargs)
         if task.is_async:

@@ -66,7 +66,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..clock import Clock, SystemClock
 from ..errors import BrokerUnavailable, ConfigurationError
-from ..job import ErrorInfo, Job, JobStatus
+from ..job import STATUS_OF, ErrorInfo, Job, JobStatus, job_of
 from .base import (
     Broker,
     Enqueued,
@@ -116,15 +116,12 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0], task=row[1], queue=row[2], payload=bytes(row[3]), status=JobStatus(row[4]),
-        priority=row[5], attempts=row[6], max_attempts=row[7], lost_leases=row[8],
-        last_error=ErrorInfo.from_json(row[9]), dead_reason=row[10], created_at=row[11],
-        run_at=row[12], started_at=row[13], finished_at=row[14], worker=row[15],
-        lease_until=row[16], lease_token=row[17], unique_key=row[18], task_version=row[19],
-        result=row[20], trace=dict(row[21]) if row[21] else {}, limit_key=row[22],
-        rate_key=row[23],
-    )
+    # the reserve's columns are Job's fields, in order (job_of: a Job per job reserved)
+    return job_of((
+        *row[:3], bytes(row[3]), STATUS_OF.get(row[4]) or JobStatus(row[4]), *row[5:9],
+        ErrorInfo.from_json(row[9]) if row[9] else None, *row[10:21],
+        dict(row[21]) if row[21] else {}, row[22], row[23],
+    ))
 
 
 class PostgresBroker(Broker):

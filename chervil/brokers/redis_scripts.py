@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from ..job import ErrorInfo, Job, JobStatus
+from ..job import STATUS_OF, ErrorInfo, Job, JobStatus, job_of
 from .redis_conn import nodes
 
 pack_command: Any
@@ -141,30 +141,35 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]],
         raise
 
 
-def _s(v: bytes | None) -> str | None:
-    return v.decode() if v is not None else None
-
-
-def _f(v: bytes | None) -> float | None:
-    return float(v) if v else None  # b'': cleared (finish writes lease_until '')
+_STATUS = {k.encode(): v for k, v in STATUS_OF.items()}
 
 
 def decode_job(job_id: str, raw: dict[bytes, bytes] | list[bytes]) -> Job:
-    """A job from its hash (HGETALL as a dict, or the flat list a script returns)."""
+    """A job from its hash (HGETALL as a dict, or the flat list a script returns).
+
+    Inline rather than through helpers: a drain decodes one per job (20 -> 10 µs)."""
     d = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
     g = d.get
+    v = g(b"last_error")
+    error = ErrorInfo.from_json(v) if v else None
     trace = g(b"trace")
-    return Job(
-        id=job_id, task=(g(b"task") or b"").decode(), queue=(g(b"queue") or b"").decode(),
-        payload=g(b"payload") or b"", status=JobStatus((g(b"status") or b"").decode()),
-        priority=int(g(b"priority") or 0), attempts=int(g(b"attempts") or 0),
-        max_attempts=int(g(b"max_attempts") or 1), lost_leases=int(g(b"lost_leases") or 0),
-        last_error=ErrorInfo.from_json(g(b"last_error")), dead_reason=_s(g(b"dead_reason")),
-        created_at=float(g(b"created_at") or 0), run_at=float(g(b"run_at") or 0),
-        started_at=_f(g(b"started_at")), finished_at=_f(g(b"finished_at")),
-        worker=_s(g(b"worker")), lease_until=_f(g(b"lease_until")),
-        lease_token=_s(g(b"lease_token")), unique_key=_s(g(b"unique_key")),
-        task_version=_s(g(b"task_version")), result=_s(g(b"result")),
-        trace=json.loads(trace) if trace else {}, limit_key=_s(g(b"limit_key")),
-        rate_key=_s(g(b"rate_key")),
-    )
+    status = g(b"status", b"")
+    # b'' floats read as none: finish clears lease_until by writing ''
+    return job_of((
+        job_id, g(b"task", b"").decode(), g(b"queue", b"").decode(), g(b"payload") or b"",
+        _STATUS.get(status) or JobStatus(status.decode()), int(g(b"priority") or 0),
+        int(g(b"attempts") or 0), int(g(b"max_attempts") or 1), int(g(b"lost_leases") or 0), error,
+        None if (v := g(b"dead_reason")) is None else v.decode(),
+        float(g(b"created_at") or 0), float(g(b"run_at") or 0),
+        float(v) if (v := g(b"started_at")) else None,
+        float(v) if (v := g(b"finished_at")) else None,
+        None if (v := g(b"worker")) is None else v.decode(),
+        float(v) if (v := g(b"lease_until")) else None,
+        None if (v := g(b"lease_token")) is None else v.decode(),
+        None if (v := g(b"unique_key")) is None else v.decode(),
+        None if (v := g(b"task_version")) is None else v.decode(),
+        None if (v := g(b"result")) is None else v.decode(),
+        json.loads(trace) if trace else {},
+        None if (v := g(b"limit_key")) is None else v.decode(),
+        None if (v := g(b"rate_key")) is None else v.decode(),
+    ))

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError
-from ..job import ErrorInfo, Job, JobStatus
+from ..job import STATUS_OF, ErrorInfo, Job, JobStatus, job_of
 from .base import (
     Broker,
     Enqueued,
@@ -41,15 +41,13 @@ _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0], task=row[1], queue=row[2], payload=bytes(row[3]) if row[3] is not None
-        else b"", status=JobStatus(row[4]), priority=row[5], attempts=row[6],
-        max_attempts=row[7], lost_leases=row[8], last_error=ErrorInfo.from_json(row[9]),
-        dead_reason=row[10], created_at=row[11], run_at=row[12], started_at=row[13],
-        finished_at=row[14], worker=row[15], lease_until=row[16], lease_token=row[17],
-        unique_key=row[18], task_version=row[19], result=row[20],
-        trace=json.loads(row[21]) if row[21] else {}, limit_key=row[22], rate_key=row[23],
-    )
+    # the reserve's columns are Job's fields, in order (job_of: a Job per job reserved)
+    return job_of((
+        *row[:3], bytes(row[3]) if row[3] is not None else b"",
+        STATUS_OF.get(row[4]) or JobStatus(row[4]), *row[5:9],
+        ErrorInfo.from_json(row[9]) if row[9] else None, *row[10:21],
+        json.loads(row[21]) if row[21] else {}, row[22], row[23],
+    ))
 
 
 PARK_BATCH = 5000  # jobs of one full key, paused task or empty bucket parked per look

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 
 from chervil import DecodeError, NotSerializable, PayloadTooLarge
-from chervil.job import decode_payload, encode_payload, new_job_id
+from chervil.job import (
+    ErrorInfo,
+    Job,
+    JobStatus,
+    decode_payload,
+    encode_payload,
+    job_of,
+    new_job_id,
+)
 
 
 def test_round_trip() -> None:
@@ -49,3 +58,17 @@ def test_job_ids_are_uuid7_and_increase() -> None:
 
 def test_payload_is_compact_json() -> None:
     assert json.loads(encode_payload((1,), {"a": "é"})) == {"a": [1], "k": {"a": "é"}}
+
+
+def test_job_of_builds_the_job_its_fields_give() -> None:
+    job = Job(id="j1", task="t", queue="q", payload=b"{}", status=JobStatus.RUNNING,
+              priority=2, attempts=1, max_attempts=3, last_error=ErrorInfo("E", "m"),
+              created_at=1.0, run_at=2.0, started_at=3.0, worker="w", lease_until=4.0,
+              lease_token="tok", trace={"a": "b"}, limit_key="k", rate_key="r")
+    values = [getattr(job, f.name) for f in dataclasses.fields(Job)]
+    built = job_of(values)
+    assert built == job and type(built) is Job
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.attempts = 2  # type: ignore[misc]
+    with pytest.raises(ValueError, match="24 fields, got 23"):
+        job_of(values[:-1])

@@ -71,6 +71,15 @@ local function wake(key, n, cap)
   end
 end
 
+-- One command over many members (ZADD score member ..., ZREM member ...): one call
+-- per 1,000 arguments, as unpack() has a stack limit. A member costs less this way than
+-- in a call of its own (the per-call cost of redis.call is most of a ZADD's).
+local function multi(cmd, key, args)
+  for s = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, s, math.min(s + 999, #args)))
+  end
+end
+
 local TERMINAL = {succeeded = true, dead = true, cancelled = true}
 local LIVE = {scheduled = true, queued = true, running = true}
 

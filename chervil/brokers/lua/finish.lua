@@ -25,6 +25,8 @@ for g = 1, nq do
   local ready, new_head = 0, false
   UNPARKED = 0
   FREED = {}
+  -- index moves of the batch, written once per queue (multi): out of run; succeeded
+  local run_gone, ok_ids, ok_fin = {}, {}, {}
   for _ = 1, n do
     local id, token, kind, retry_at_s, reason, err, result = unpack(ARGV, i, i + 6)
     i = i + 7
@@ -33,7 +35,9 @@ for g = 1, nq do
     if cur[1] ~= 'running' or cur[2] ~= token then
       out[#out + 1] = 0
     else
-      leave(base, id, 'running', h, cur[3])
+      -- leave(base, id, 'running', h, cur[3]), its ZREM deferred
+      run_gone[#run_gone + 1] = id
+      if cur[3] then free_slot(base, cur[3]) end
       if kind ~= 's' then redis.call('HDEL', h, 'lease_until') end
       if kind == 'r' then
         local run_at = now
@@ -58,7 +62,10 @@ for g = 1, nq do
         if err ~= '' then fields[#fields + 1] = 'last_error'; fields[#fields + 1] = err end
         redis.call('HSET', h, unpack(fields))
         free_unique(base, id, h, cur[4] or false)
-        index(base, id, 'succeeded', h, now_s, ttl.succeeded)
+        -- index(base, id, 'succeeded', h, now_s, ttl.succeeded), its ZADDs deferred
+        ok_ids[#ok_ids + 1] = 0; ok_ids[#ok_ids + 1] = id
+        ok_fin[#ok_fin + 1] = now_s; ok_fin[#ok_fin + 1] = id
+        if ttl.succeeded > 0 then redis.call('EXPIRE', h, ttl.succeeded) end
       else
         redis.call('HSET', h, 'status', 'dead', 'finished_at', now_s, 'dead_reason', reason)
         if err ~= '' then redis.call('HSET', h, 'last_error', err)
@@ -69,6 +76,9 @@ for g = 1, nq do
       out[#out + 1] = 1
     end
   end
+  multi('ZREM', base .. ':run', run_gone)
+  multi('ZADD', base .. ':ids:succeeded', ok_ids)
+  multi('ZADD', base .. ':fin:succeeded', ok_fin)
   for lk in pairs(FREED) do refill(base, lk) end
   FREED = nil
   local tokens = 0

@@ -78,8 +78,10 @@ for g = 1, nq do
     local token = ARGV[7 + g]
     local ready = base .. ':ready'
     local parked = 0
+    local queued_ids, run_args = {}, {}  -- written once per queue (multi)
     while taken < limit do
-      local members = redis.call('ZRANGE', ready, 0, limit - taken - 1, 'WITHSCORES')
+      -- every member popped is either taken or parked
+      local members = redis.call('ZPOPMIN', ready, limit - taken)
       if not members[1] then break end
       for k = 1, #members, 2 do
         local m = members[k]
@@ -90,7 +92,6 @@ for g = 1, nq do
         for x = 1, #rec, 2 do f[rec[x]] = rec[x + 1] end
         local why, tokens = nil, nil
         if any_ptask or f.limit_key or f.rate_key then why, tokens = held(base, f) end
-        redis.call('ZREM', ready, m)
         if why then
           if f.limit_key then
             hadd(base .. ':lrc', f.limit_key, -1)
@@ -101,7 +102,7 @@ for g = 1, nq do
           parked = parked + 1
         else
           if f.priority then redis.call('ZREM', base .. ':age', id) end  -- see _lib.lua
-          redis.call('ZREM', base .. ':ids:queued', id)
+          queued_ids[#queued_ids + 1] = id
           if f.limit_key then take_slot(base, f.limit_key) end
           if f.rate_key then
             redis.call('HSET', base .. ':tb', f.rate_key, fmt(tokens - 1) .. ' ' .. now_s)
@@ -113,7 +114,8 @@ for g = 1, nq do
           redis.call('HSET', h, 'status', 'running', 'attempts', attempts,
                      'lease_token', token, 'lease_until', lease_until_s, 'started_at', now_s,
                      'worker', worker)
-          redis.call('ZADD', base .. ':run', lease_until_s, id)
+          run_args[#run_args + 1] = lease_until_s
+          run_args[#run_args + 1] = id
           -- the record as read, then the fields changed (later pairs win when decoded)
           rec[#rec + 1] = 'status'; rec[#rec + 1] = 'running'
           rec[#rec + 1] = 'attempts'; rec[#rec + 1] = tostring(attempts)
@@ -128,6 +130,8 @@ for g = 1, nq do
       end
       if parked >= budget then budget_hit[g] = true; break end
     end
+    multi('ZREM', base .. ':ids:queued', queued_ids)
+    multi('ZADD', base .. ':run', run_args)
   end
 end
 for g = 1, nq do

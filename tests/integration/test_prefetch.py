@@ -5,6 +5,7 @@ each reserve asked for, and passes every call through to the broker."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -137,3 +138,30 @@ def test_prefetch_of_a_concurrency_key_takes_only_its_spare_slots(
     spy = Spy(app)
     drain(app, [limited.enqueue(i) for i in range(300)])
     assert max(limit for _, limit in spy.limits) == most
+
+
+def test_a_view_of_workers_without_this_child_or_its_siblings_is_not_kept(
+        app: Chervil, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started together announce themselves a moment apart, so a child's first
+    view of the live workers may lack its siblings. Such a view is used but not kept: a
+    sibling whose threads fill every spare slot of a concurrency key counts at the next
+    look, not when a cached view expires. A view read once the child has settled (and
+    that names it) is kept for 5 s."""
+    @app.task(name="limited", concurrency=50)
+    def limited(i: int) -> None:
+        pass
+
+    c = Child(app, QueueSpec.parse("default"), THREADS, worker_id="prefetch-test",
+              prefetch=40)
+    assert c._spare_slots({"limited"}) == 40  # alone: 48 spare slots, 40 prefetched
+    sibling = WorkerInfo(id="a-sibling", host="here", pid=2, queues=("default",),
+                         tasks={"limited": limited.version}, started_at=app.clock.now(),
+                         threads=48)
+    app.broker.register_worker(sibling)
+    assert c._spare_slots({"limited"}) == 0  # its threads fill every spare slot
+
+    monkeypatch.setattr(child_module, "SETTLE_SECONDS", 0.0)
+    c._announce()
+    assert c._spare_slots({"limited"}) == 0  # settled, and it names this child: kept
+    app.broker.register_worker(dataclasses.replace(sibling, threads=8))
+    assert c._spare_slots({"limited"}) == 0  # the kept view, until it is 5 s old

@@ -9,7 +9,17 @@ import sys
 from typing import Any
 
 from .configs import BROKERS, LIBS, REDIS_URL, VenvError
-from .measure import DriverError, Lib, Variant, drain, latency, rate, rclient, run_driver
+from .measure import (
+    DriverError,
+    Lib,
+    Variant,
+    drain,
+    latency,
+    pings,
+    rate,
+    rclient,
+    run_driver,
+)
 from .report import log as _log
 from .report import render, summarize, write_results
 from .venvs import ROOT
@@ -98,6 +108,7 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
                 _log(f"  {lib.name}: {failed[lib.name]}")
     libs = [(lib, vs) for lib, vs in libs if lib.name not in failed]
 
+    ping_us = [pings(r)]  # before and after: the machine can change within a run
     data: dict[str, dict[str, Any]] = {}
     for lib, variants in libs:
         data[lib.name] = {"lib": lib.name, "bulk_api": lib.bulk, "enqueue": [], "bulk": [],
@@ -127,6 +138,7 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
                     res = _try(vd["errors"], "latency", latency, lib, v, r)
                     if res:
                         vd["latency"].append(res)
+    ping_us.append(pings(r))
     summary = summarize(broker, data, failed)
     summary["settings"] = {"reps": args.reps, "quick": quick, "n_drain": n_drain,
                            "n_enqueue": n_enq, "n_bulk": n_bulk, "redis": REDIS_URL,
@@ -134,7 +146,7 @@ def run_broker(broker: str, args: argparse.Namespace, peers: set[str] | None) ->
                                (lib.env.get("CHERVIL_BROKER_URL") for lib, _ in libs
                                 if lib.module == "chervil_peer"), None)),
                            "when": datetime.datetime.now().isoformat(timespec="seconds"),
-                           "python": sys.version.split()[0]}
+                           "python": sys.version.split()[0], "ping_us": ping_us}
     print(render(summary))
     if not args.no_write:
         write_results(summary, broker, args.latest)

@@ -223,6 +223,23 @@ def nearest_rank(values: list[float], p: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def pings(r: redis.Redis, n: int = 200, gap_ms: float = 10) -> dict[str, list[float]]:
+    """Redis PINGs from the harness (p50, p99 in µs): back to back, and each after
+    ``gap_ms`` idle, as the latency runs send their jobs. On a VM the wake-up of an idle
+    CPU can cost more than the work: it is the floor under every library's pickup."""
+    out = {}
+    for label, gap in (("busy", 0.0), (f"after_{gap_ms:g}ms_idle", gap_ms / 1000)):
+        samples = []
+        for _ in range(n):
+            if gap:
+                time.sleep(gap)
+            t = time.perf_counter()
+            r.ping()
+            samples.append((time.perf_counter() - t) * 1e6)
+        out[label] = [nearest_rank(samples, 50), nearest_rank(samples, 99)]
+    return out
+
+
 def latency(lib: Lib, variant: Variant, r: redis.Redis, k: int = 200, gap_ms: float = 10,
             idle_seconds: float = 5.0) -> dict[str, Any]:
     """Idle worker: CPU over ``idle_seconds``, then pickup latency of k jobs gap_ms apart."""

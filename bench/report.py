@@ -160,10 +160,10 @@ def render(summary: dict[str, Any]) -> str:
     if errs:
         lines += ["", "Errors:"] + [f"- {c}: {e[:300]}" for c, e in errs]
     for when, p in zip(("before", "after"), s.get("ping_us", []), strict=False):
-        busy, idle = p["busy"], p["after_10ms_idle"]
+        busy, idle, gap = p["busy"], p["idle"], p["gap_ms"]
         lines.append(f"- Redis PING from the harness, {when} the reps: p50/p99 {busy[0]:.0f}/"
-                     f"{busy[1]:.0f} µs back to back, {idle[0]:.0f}/{idle[1]:.0f} µs after 10 ms "
-                     "idle (the latency runs send a job every 10 ms)")
+                     f"{busy[1]:.0f} µs back to back, {idle[0]:.0f}/{idle[1]:.0f} µs after "
+                     f"{gap:g} ms idle (the latency runs send a job every {gap:g} ms)")
     lines += ["", "Ratios (chervil's best config / best peer config):"]
     for name, v in summary["ratios"].items():
         if isinstance(v, str):

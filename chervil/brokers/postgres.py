@@ -140,14 +140,14 @@ class PostgresBroker(Broker):
         self._lock = threading.Lock()
         self._pool_obj: ConnectionPool | None = None
         self._pid = os.getpid()
-        self._local = threading.local()
-        self._listeners: list[psycopg.Connection[Any]] = []
+        self._listeners: list[psycopg.Connection[Any]] = []  # every LISTENing connection
+        self._idle_listeners: list[psycopg.Connection[Any]] = []  # those no thread waits on
         self._deadlines = Deadlines(self.options.call_timeout, "PostgreSQL")
 
     # -- connections ---------------------------------------------------------------------
     def _pool(self) -> ConnectionPool:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-            self._pool_obj, self._listeners, self._local = None, [], threading.local()
+            self._pool_obj, self._listeners, self._idle_listeners = None, [], []
             self._pid = os.getpid()
         pool = self._pool_obj
         if pool is not None:
@@ -394,44 +394,60 @@ class PostgresBroker(Broker):
                               error=_LOST))
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        wanted = set(queues)
         conn = self._listener()
         try:
-            row = conn.execute(self._q["next_due"],
-                               self._params(queues=list(queues))).fetchone()
-            if row and row[0] is not None:
-                timeout = min(timeout, max(0.0, float(row[0])))
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                woken = False
-                for note in conn.notifies(timeout=remaining, stop_after=1):
-                    woken = woken or not note.payload or note.payload in wanted
-                if woken:
-                    return
+            self._wait_on(conn, queues, timeout)
         except psycopg.OperationalError as exc:
             self._drop_listener(conn)
             raise BrokerUnavailable(f"PostgreSQL listening connection lost ({exc})") from exc
+        except BaseException:
+            self._drop_listener(conn)  # interrupted mid-read: not fit for the next waiter
+            raise
+        with self._lock:
+            self._idle_listeners.append(conn)
+
+    def _wait_on(self, conn: psycopg.Connection[Any], queues: Sequence[str],
+                 timeout: float) -> None:
+        wanted = set(queues)
+        row = conn.execute(self._q["next_due"], self._params(queues=list(queues))).fetchone()
+        if row and row[0] is not None:
+            timeout = min(timeout, max(0.0, float(row[0])))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            woken = False
+            for note in conn.notifies(timeout=remaining, stop_after=1):
+                woken = woken or not note.payload or note.payload in wanted
+            if woken:
+                return
 
     def _listener(self) -> psycopg.Connection[Any]:
+        """A LISTENing connection no other thread is waiting on.
+
+        Shared by the threads in turn rather than one per thread: a worker's fetcher role
+        moves between its executor threads, and with a connection per thread a child kept up
+        to one per thread, each of whose server processes was woken by every NOTIFY (one per
+        finish of limit-key jobs).
+        """
         self._pool()
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "listener", None)
-        if conn is None or conn.closed:
-            try:
-                conn = psycopg.connect(self.options.conninfo, autocommit=True,
-                                       connect_timeout=max(1, int(self.options.pool_timeout)))
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.options.channel)))
-            except psycopg.OperationalError as exc:
-                raise BrokerUnavailable(f"PostgreSQL unreachable for LISTEN ({exc})") from exc
-            self._local.listener = conn
-            with self._lock:
-                self._listeners.append(conn)
+        with self._lock:
+            while self._idle_listeners:
+                conn = self._idle_listeners.pop()
+                if not conn.closed:
+                    return conn
+        try:
+            conn = psycopg.connect(self.options.conninfo, autocommit=True,
+                                   connect_timeout=max(1, int(self.options.pool_timeout)))
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.options.channel)))
+        except psycopg.OperationalError as exc:
+            raise BrokerUnavailable(f"PostgreSQL unreachable for LISTEN ({exc})") from exc
+        with self._lock:
+            self._listeners.append(conn)
         return conn
 
     def _drop_listener(self, conn: psycopg.Connection[Any]) -> None:
-        self._local.listener = None
         with self._lock:
             if conn in self._listeners:
                 self._listeners.remove(conn)
@@ -534,8 +550,7 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         with self._lock:
             pool, self._pool_obj = self._pool_obj, None
-            listeners, self._listeners = self._listeners, []
-        self._local = threading.local()
+            listeners, self._listeners, self._idle_listeners = self._listeners, [], []
         for conn in listeners:
             conn.close()
         if pool is not None:

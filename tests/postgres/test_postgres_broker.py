@@ -140,6 +140,34 @@ def test_wait_wakes_on_a_release_from_another_broker(
     assert len(broker.reserve(["q"], 1, "w", LEASE)) == 1
 
 
+def test_threads_waiting_in_turn_share_one_listening_connection(
+        make_broker: Callable[..., PostgresBroker], broker: PostgresBroker) -> None:
+    # a worker's fetcher role moves from thread to thread: each NOTIFY wakes the server
+    # process of every LISTENing connection, so a child keeps one, not one per thread
+    for _ in range(4):
+        t = threading.Thread(target=broker.wait, args=(["q"], 0.01))
+        t.start()
+        t.join()
+    assert len(broker._listeners) == 1
+    # two threads waiting at once each get one, and both wake on an enqueue
+    other = make_broker(FakeClock(broker.clock.now()))
+    woke: list[float] = []
+    waiters = [threading.Thread(target=lambda: (broker.wait(["q"], 20.0),
+                                                woke.append(time.monotonic())))
+               for _ in range(2)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    other.enqueue([new("q")])
+    for t in waiters:
+        t.join(15.0)
+    assert len(woke) == 2 and max(woke) - start < 10.0, "a waiter slept to its timeout"
+    assert len(broker._listeners) == 2
+    broker.wait(["q"], 0.01)
+    assert len(broker._listeners) == 2  # reused, not a third
+
+
 def test_wait_is_capped_by_the_next_scheduled_job(
         make_broker: Callable[..., PostgresBroker]) -> None:
     broker = make_broker()  # system clock: the server's time

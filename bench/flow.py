@@ -6,7 +6,9 @@ one worker (``-p 2 -t 8``), N jobs waiting (20,000; 2,000 with --quick), time fr
 worker's start until all are done, plus the steady rate (``measure.drain``), for the same
 no-op task under each option of ``bench/peers/chervil_flow.py``: plain, unique, lock,
 concurrency, rate. Reps are interleaved (plain, unique, lock, concurrency, rate, plain,
-...); each option's median is divided by the plain median of the same run.
+...); each option's median is divided by the plain median of the same run, and each
+option's drain by the plain drain of its own rep (the median of those ratios: less
+swayed by a machine that drifts between reps).
 
 Every measurement gets a fresh broker: its own SQLite file, Redis prefix (in the bench
 database, 14; nothing is flushed: the measurement's own keys are deleted afterwards) or
@@ -184,8 +186,8 @@ def render(summary: dict[str, Any]) -> str:
     if c:
         lines[-1:] = [f"chervil {c['head']}" + (f" + uncommitted {', '.join(c['changed'])}"
                                                  if c["changed"] else ""), ""]
-    head = ["option", "drain/s", "x plain", "steady/s", "x plain (steady)", "1st job s",
-            "CPU µs/job", "spread", "load 1m"]
+    head = ["option", "drain/s", "x plain", "x plain, rep by rep", "steady/s",
+            "x plain (steady)", "1st job s", "CPU µs/job", "spread", "load 1m"]
     if broker == "redis":
         head.append("cmds/job")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -194,7 +196,8 @@ def render(summary: dict[str, Any]) -> str:
             lines.append(f"| {r['describe']} | failed |" + " |" * (len(head) - 2))
             continue
         cells = [r["describe"], _f(r["rate"]) + (" (partial)" if r["partial"] else ""),
-                 _f(r["ratio"], 2), _f(r["steady_rate"]), _f(r["steady_ratio"], 2),
+                 _f(r["ratio"], 2), _f(r["ratio_median_of_reps"], 2), _f(r["steady_rate"]),
+                 _f(r["steady_ratio"], 2),
                  _f(r["first_job_s"], 2), _f(r["worker_cpu_us_per_job"]),
                  "n/a" if r["rate_spread"] is None else f"{r['rate_spread']:.0%}",
                  _f(r["loadavg_1m_before"], 1)]

@@ -131,6 +131,15 @@ def job_of(values: Sequence[Any]) -> Job:
     return job
 
 
+def job_from_row(row: Sequence[Any], payload: bytes, trace: dict[str, Any]) -> Job:
+    """A Job from an SQL broker's row, whose columns are Job's fields in order; the payload
+    and the trace as that broker's driver decodes them."""
+    return job_of((
+        *row[:3], payload, STATUS_OF.get(row[4]) or JobStatus(row[4]), *row[5:9],
+        ErrorInfo.from_json(row[9]) if row[9] else None, *row[10:21], trace, row[22], row[23],
+    ))
+
+
 _id_lock = threading.Lock()
 _id_last = [0, 0]  # last millisecond, last sequence
 

@@ -66,7 +66,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..clock import Clock, SystemClock
 from ..errors import BrokerUnavailable, ConfigurationError
-from ..job import STATUS_OF, ErrorInfo, Job, JobStatus, job_of
+from ..job import ErrorInfo, Job, JobStatus, job_from_row
 from .base import (
     Broker,
     Enqueued,
@@ -116,12 +116,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
-    # the reserve's columns are Job's fields, in order (job_of: a Job per job reserved)
-    return job_of((
-        *row[:3], bytes(row[3]), STATUS_OF.get(row[4]) or JobStatus(row[4]), *row[5:9],
-        ErrorInfo.from_json(row[9]) if row[9] else None, *row[10:21],
-        dict(row[21]) if row[21] else {}, row[22], row[23],
-    ))
+    return job_from_row(row, bytes(row[3]), dict(row[21]) if row[21] else {})
 
 
 class PostgresBroker(Broker):

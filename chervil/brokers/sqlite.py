@@ -21,7 +21,7 @@ from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError
-from ..job import STATUS_OF, ErrorInfo, Job, JobStatus, job_of
+from ..job import ErrorInfo, Job, JobStatus, job_from_row
 from .base import (
     Broker,
     Enqueued,
@@ -41,13 +41,8 @@ _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
-    # the reserve's columns are Job's fields, in order (job_of: a Job per job reserved)
-    return job_of((
-        *row[:3], bytes(row[3]) if row[3] is not None else b"",
-        STATUS_OF.get(row[4]) or JobStatus(row[4]), *row[5:9],
-        ErrorInfo.from_json(row[9]) if row[9] else None, *row[10:21],
-        json.loads(row[21]) if row[21] else {}, row[22], row[23],
-    ))
+    return job_from_row(row, bytes(row[3]) if row[3] is not None else b"",
+                        json.loads(row[21]) if row[21] else {})
 
 
 PARK_BATCH = 5000  # jobs of one full key, paused task or empty bucket parked per look

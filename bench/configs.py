@@ -146,8 +146,15 @@ def redis_libs(peers: set[str] | None) -> list[tuple[str, Builder]]:
         return [(lib, [Variant("arq poll_delay=0.05", [
             py, "-c", "import arq_peer; arq_peer.work()"])])]
 
+    def raw() -> list[tuple[Lib, list[Variant]]]:
+        py = project_python()
+        lib = Lib("raw-redis", "raw_redis", py, _env(), _flush, bulk="LPUSH x1000")
+        return [(lib, [Variant("raw floor (LPUSH; BRPOP + RPOP 99, 2 processes)",
+                               [py, "-c", "import raw_redis; raw_redis.work()"])])]
+
     return _select([("chervil", chervil), ("celery", celery), ("dramatiq", dramatiq),
-                    ("rq", rq), ("huey", huey), ("taskiq", taskiq), ("arq", arq)], peers)
+                    ("rq", rq), ("huey", huey), ("taskiq", taskiq), ("arq", arq),
+                    ("raw", raw)], peers)
 
 
 def postgres_libs(peers: set[str] | None) -> list[tuple[str, Builder]]:

@@ -121,6 +121,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["single enqueue / same-durability peer"] = ratio("enqueue", same)
     out["latency p50 / best peer (lower is better)"] = ratio("p50_ms", peers, low=True)
     out["latency p99 / best peer (lower is better)"] = ratio("p99_ms", peers, low=True)
+    out["latency p50 / raw floor (lower is better)"] = ratio("p50_ms", raw, low=True)
+    out["latency p99 / raw floor (lower is better)"] = ratio("p99_ms", raw, low=True)
     out["idle CPU / best peer (lower is better)"] = ratio("idle_cpu_pct", peers, low=True)
     out["CPU per job / best peer (lower is better)"] = ratio("worker_cpu_us_per_job", peers,
                                                              low=True)

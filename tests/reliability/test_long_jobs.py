@@ -18,11 +18,11 @@ LEASE = 1.0
 
 
 def test_long_and_cpu_bound_jobs_keep_their_lease(backend: Backend, tmp_path: Path) -> None:
-    c = Cluster(tmp_path, backend.url, new_seed(), lease=LEASE)
-    try:
-        from tests.reliability import probeapp
+    from tests.reliability import probeapp
 
-        app = probeapp.build(backend.url)
+    c = Cluster(tmp_path, backend.url, new_seed(), lease=LEASE)
+    app = probeapp.build(backend.url)
+    try:
         probe = app.tasks["probe"]
         handles = [probe.enqueue(f"sleep{i}", 3000 * LEASE + 500) for i in range(3)]
         handles += [probe.enqueue(f"spin{i}", 3000 * LEASE + 500, 0, True) for i in range(3)]
@@ -40,6 +40,6 @@ def test_long_and_cpu_bound_jobs_keep_their_lease(backend: Backend, tmp_path: Pa
         assert len(effects) == 6 and ignored == []
         assert "lease lost" not in c.log_text()
         assert worker.poll() is None
-        app.close()
     finally:
+        app.close()
         c.close()

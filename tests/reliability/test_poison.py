@@ -56,11 +56,11 @@ def poison_cases(canary: Path) -> dict[str, tuple[NewJob, str]]:
 
 
 def test_malformed_records_go_dead_with_their_reason(backend: Backend, tmp_path: Path) -> None:
-    c = Cluster(tmp_path, backend.url, new_seed())
-    try:
-        from tests.reliability import probeapp
+    from tests.reliability import probeapp
 
-        app = probeapp.build(backend.url)
+    c = Cluster(tmp_path, backend.url, new_seed())
+    app = probeapp.build(backend.url)
+    try:
         canary = tmp_path / "canary"
         cases = poison_cases(canary)
         jobs = [job for job, _ in cases.values()]
@@ -84,8 +84,8 @@ def test_malformed_records_go_dead_with_their_reason(backend: Backend, tmp_path:
         log = c.log_text()
         assert "Traceback" not in log
         assert "\\xc3" not in log and "7777777777" not in log
-        app.close()
     finally:
+        app.close()
         c.close()
 
 
@@ -94,11 +94,11 @@ CRASHES = {"exit": ("crash", "worker_lost", 3), "segfault": ("crash", "worker_lo
 
 
 def test_crashing_tasks_end_dead_after_bounded_tries(backend: Backend, tmp_path: Path) -> None:
-    c = Cluster(tmp_path, backend.url, new_seed())
-    try:
-        from tests.reliability import probeapp
+    from tests.reliability import probeapp
 
-        app = probeapp.build(backend.url)
+    c = Cluster(tmp_path, backend.url, new_seed())
+    app = probeapp.build(backend.url)
+    try:
         handles = {how: app.tasks[task].enqueue(how, how) for how, (task, _, _) in CRASHES.items()}
         good = app.enqueue_many([app.tasks["probe"].prepare(f"ok{i}", 20) for i in range(30)])
         # one thread per child: a crash takes no other job down with it (exact try counts)
@@ -116,6 +116,6 @@ def test_crashing_tasks_end_dead_after_bounded_tries(backend: Backend, tmp_path:
         assert [j.status for j in wait_terminal(broker, [h.id for h in good])] == [
             JobStatus.SUCCEEDED] * 30
         assert worker.poll() is None, "the supervisor exited"
-        app.close()
     finally:
+        app.close()
         c.close()

@@ -1,5 +1,5 @@
 """``python -m bench [--quick] [--reps N] [--only BROKER] [--peers a,b]``, ``... scale``,
-``... flow --broker B`` and ``... backlog [--broker B]``."""
+``... flow --broker B``, ``... calls --broker B`` and ``... backlog [--broker B]``."""
 
 from __future__ import annotations
 
@@ -27,13 +27,17 @@ from .venvs import ROOT
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("mode", nargs="?", default="run", choices=["run", "scale", "flow", "backlog"])
+    p.add_argument("mode", nargs="?", default="run",
+                   choices=["run", "scale", "flow", "calls", "backlog"])
     p.add_argument("--quick", action="store_true", help="small N, 1 rep: a smoke run")
     p.add_argument("--reps", type=int, help="interleaved repetitions (median; default 3, "
                    "quick 1)")
     p.add_argument("--only", choices=BROKERS, action="append",
                    help="broker table(s) to run (repeatable); default all")
-    p.add_argument("--broker", choices=BROKERS, help="scale, flow and backlog modes: the broker")
+    p.add_argument("--broker", choices=BROKERS,
+                   help="scale, flow, calls and backlog modes: the broker")
+    p.add_argument("--cycles", type=int, help="calls mode: cycles per option (default 300)")
+    p.add_argument("--options", help="calls mode: comma-separated options (default all)")
     p.add_argument("--peers", help="comma-separated peers besides chervil "
                    "(huey,celery,dramatiq,rq,taskiq,arq,procrastinate,pgqueuer,raw)")
     p.add_argument("--n-drain", type=int, help="jobs per drain (default 20000, quick 2000)")
@@ -56,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         from .backlog import run_backlog
 
         run_backlog(args)
+        return
+    if args.mode == "calls":
+        from .calls import run_calls
+
+        run_calls(args)
         return
     if args.mode == "flow":
         from .flow import run_flow

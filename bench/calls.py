@@ -6,9 +6,10 @@ in this process, no worker: one broker per option (its own SQLite file, Redis pr
 PostgreSQL schema, removed afterwards), each filled with the bench's no-op task under its
 option (``bench/peers/chervil_flow.py``), then cycles of a worker's fetcher in one thread:
 ``finish`` of the jobs held beyond the last batch, then ``reserve`` of a batch of 32. The
-options take turns cycle by cycle, so a machine that drifts moves them all alike (the
-drain of ``flow`` mode swings by a quarter between reps here; these medians move by a few
-per cent). It reports the median time of each call per option and its ratio to plain.
+options take turns cycle by cycle, each leading the round in turn, so a machine that
+drifts moves them all alike (the drain of ``flow`` mode swings by a quarter between reps
+here; these medians move by a few per cent). It reports the median time of each call per
+option and its ratio to plain.
 
 What it leaves out, and the drain counts: the job bodies, the worker's own CPU, two
 children contending for the same rows, and a concurrency limit binding in-flight jobs.
@@ -146,7 +147,8 @@ def run_calls(args: argparse.Namespace) -> None:
             stack.callback(run.app.close)
             runs.append(run)
         for i in range(warm + cycles):
-            for run in runs:
+            # each option first in turn: the first call of a round follows the longest idle
+            for run in runs[i % len(runs):] + runs[:i % len(runs)]:
                 _cycle(run, record=i >= warm)
         rows = []
         plain = runs[0]

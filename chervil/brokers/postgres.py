@@ -19,13 +19,21 @@ notification. Queue stats count live jobs from a partial index and finished jobs
 Flow control (postgres_0002_flow_control.sql): unique keys live in ``unique_keys`` (who
 took the key, in which mode, until when); enqueue row-locks its batch's keys in key order
 (``lock_unique``) and then, with a snapshot taken after the locks, skips the jobs whose key
-is still held, so concurrent producers of one key get exactly one job. A requeued job
-whose key another job has taken since is requeued but does not take the key back (it
-holds it again only if the key still names it). Limits and rate limits are enforced by
-``reserve_flow``, called by the reserve statement only when a task is paused or a ready
-job of the queues asked for carries a limit or rate key (postgres_0003_flow_skip_locked.sql);
-it locks its picks with SKIP LOCKED, so concurrent reserves take different jobs, then the
-``slots`` and ``buckets`` rows of their keys (key order), counts running jobs per key from
+is still held, so concurrent producers of one key get exactly one job. A requeued job whose
+key another job has taken since is requeued but does not take the key back (it holds it
+again only if the key still names it). Lock keys and rate keys are admitted by the reserve
+statement itself when they are the only flow control in force in the queues asked for
+(``flow_mode``, postgres_0011_lock_keys_in_reserve.sql): a lock key's job runs only while
+it holds the key's entry in the unique index ``jobs_lock_running`` (the statement tries the
+key's advisory lock first, so it never waits for another reserve), and a rate key's tokens
+are taken from its ``buckets`` row, locked in key order. A job that statement leaves out (a
+held key, an empty bucket) or loses to a concurrent reserve (a unique violation) sends the
+rest of the batch to the exact path, ``reserve_flow``, in a second statement.
+``reserve_flow`` runs at once when a task is paused, jobs are parked for a token, or a
+ready job has another limit key (postgres_0003_flow_skip_locked.sql); it locks its picks
+with SKIP LOCKED, so concurrent reserves take different jobs, then the ``slots`` rows of
+their keys, the advisory locks of their lock keys (waiting for a reserve statement that
+holds one) and the ``buckets`` rows, each in key order, counts running jobs per key from
 ``jobs`` with a fresh snapshot, and admits within the free slots and tokens, all in the
 reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
 recover free a slot by leaving ``running`` and take no lock for it. Jobs of a key that is
@@ -40,7 +48,8 @@ them (postgres_0006_parked_rate_jobs.sql).
 
 Round trips per call: enqueue 1 (a plain insert when no job of the batch has a unique,
 limit or rate key; two statements pipelined when the batch has unique keys), reserve 1,
-finish 1, finish_and_reserve 1 (two statements pipelined in one transaction),
+finish 1, finish_and_reserve 1 (two statements pipelined, each its own transaction; a
+reserve that leaves a flow-controlled job out or loses a race for a key: 1 more),
 extend/release 1, recover 2 (the sweep of parked keys, then the expired leases), prune 1
 per batch, every other verb 1.
 ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside its open
@@ -293,19 +302,43 @@ class PostgresBroker(Broker):
                 lease_seconds: float) -> list[Job]:
         if limit <= 0 or not queues:
             return []
-        params = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
         with self._conn() as conn:
             cur = conn.cursor(binary=True)  # rows in binary: no text to parse
-            with conn.pipeline():
-                conn.execute(_RESERVE_PLAN)
-                cur.execute(self._q["reserve"], params)
-            return self._reserved(cur.fetchall(), queues)
+            try:
+                with conn.pipeline():
+                    conn.execute(_RESERVE_PLAN)
+                    cur.execute(self._q["reserve"],
+                                self._reserve_params(queues, limit, worker, lease_seconds))
+            except psycopg.errors.UniqueViolation:
+                return self._reserve_rest(conn, None, queues, limit, worker, lease_seconds)
+            return self._reserve_rest(conn, cur.fetchall(), queues, limit, worker,
+                                      lease_seconds)
 
-    @staticmethod
-    def _reserve_params(queues: Sequence[str], limit: int, worker: str,
-                        lease_seconds: float) -> dict[str, Any]:
-        return {"queues": list(queues), "limit": limit, "worker": worker,
-                "lease": float(lease_seconds), "token": uuid.uuid4().hex}
+    def _reserve_rest(self, conn: psycopg.Connection[Any], rows: list[Any] | None,
+                      queues: Sequence[str], limit: int, worker: str,
+                      lease_seconds: float) -> list[Job]:
+        """The jobs of a reserve statement, and when it left out a job of a lock key (its
+        last row has no id) or lost a race for one (a unique violation: ``rows`` is None,
+        and nothing was taken), the rest of the batch from the exact path, reserve_flow,
+        which parks the jobs of held keys."""
+        if rows is None:
+            rows = []
+        elif not rows or rows[-1][0] is not None:
+            return self._reserved(rows, queues)
+        else:
+            rows.pop()
+        cur = conn.cursor(binary=True)
+        with conn.pipeline():
+            conn.execute(_RESERVE_PLAN)
+            cur.execute(self._q["reserve"], self._reserve_params(
+                queues, limit - len(rows), worker, lease_seconds, fast=False))
+        return self._reserved(rows + cur.fetchall(), queues)
+
+    def _reserve_params(self, queues: Sequence[str], limit: int, worker: str,
+                        lease_seconds: float, fast: bool = True) -> dict[str, Any]:
+        return self._params(queues=list(queues), limit=limit, worker=worker,
+                            lease=float(lease_seconds), token=uuid.uuid4().hex, fast=fast,
+                            schema=self.options.schema)
 
     @staticmethod
     def _reserved(rows: list[Any], queues: Sequence[str]) -> list[Job]:
@@ -331,22 +364,30 @@ class PostgresBroker(Broker):
     def finish_and_reserve(self, outcomes: Sequence[Outcome], queues: Sequence[str],
                            limit: int, worker: str, lease_seconds: float
                            ) -> tuple[list[bool], list[Job]]:
-        """Both statements in one pipeline: one round trip, and one (implicit) transaction,
-        the pipeline's single sync ending it."""
+        """Both statements in one pipeline, one round trip, each in a transaction of its
+        own: the reserve may wait on the unique index for the transaction that finishes a
+        job of the same lock key, and that transaction must not be one that waits on it."""
         if not outcomes:
             return [], self.reserve(queues, limit, worker, lease_seconds)
         if limit <= 0 or not queues:
             return self.finish(outcomes), []
         fparams = self._params(**self._finish_params(outcomes))
-        rparams = self._params(**self._reserve_params(queues, limit, worker, lease_seconds))
+        rparams = self._reserve_params(queues, limit, worker, lease_seconds)
         with self._conn() as conn:
             fcur, rcur = conn.cursor(), conn.cursor(binary=True)  # (as in reserve)
-            with conn.pipeline():
-                conn.execute(_RESERVE_PLAN)
-                fcur.execute(self._q["finish"], fparams)
-                rcur.execute(self._q["reserve"], rparams)
+            try:
+                with conn.pipeline():
+                    conn.execute(b"BEGIN")
+                    fcur.execute(self._q["finish"], fparams)
+                    conn.execute(b"COMMIT")
+                    conn.execute(_RESERVE_PLAN)
+                    rcur.execute(self._q["reserve"], rparams)
+            except psycopg.errors.UniqueViolation:
+                rows = None
+            else:
+                rows = rcur.fetchall()
             return (self._finished(outcomes, fcur.fetchall()),
-                    self._reserved(rcur.fetchall(), queues))
+                    self._reserve_rest(conn, rows, queues, limit, worker, lease_seconds))
 
     @staticmethod
     def _finish_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:

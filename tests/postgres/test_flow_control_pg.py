@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from chervil.brokers.base import JobFilter, Lease, NewJob, Outcome
@@ -48,12 +49,19 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
     assert errors == []
 
 
+@pytest.mark.parametrize("limits", [
+    # other limits among the ready jobs: every reserve takes the exact path, reserve_flow
+    {"lock:a": 1, "lock:b": 1, "concurrency:t:": 3, "concurrency:u:x": 2},
+    # lock and rate keys alone: the reserve statement admits them, racing for the same
+    # keys, and sends the jobs it leaves out to the exact path
+    {"lock:a": 1, "lock:b": 1, "lock:c": 1, "lock:d": 1},
+], ids=["exact-path", "lock-keys"])
 def test_eight_workers_never_exceed_a_limit(make_broker: Callable[..., PostgresBroker],
-                                            clock: FakeClock) -> None:
-    limits = {"lock:a": 1, "lock:b": 1, "concurrency:t:": 3, "concurrency:u:x": 2}
+                                            clock: FakeClock, limits: dict[str, int]) -> None:
     jobs = [new(limit_key=k, limit_n=n, priority=random.randrange(3))
             for k, n in limits.items() for _ in range(60)]
-    jobs += [new() for _ in range(60)]  # plain jobs in the same queue
+    jobs += [new() for _ in range(30)]  # plain jobs in the same queue
+    jobs += [new(rate_key="rate:t:", rate_per_second=1.0, rate_burst=1e6) for _ in range(30)]
     brokers = [make_broker(clock) for _ in range(THREADS)]  # one pool per "worker host"
     brokers[0].enqueue(jobs)
     total = len(jobs)
@@ -256,14 +264,108 @@ def test_slow_path_only_when_flow_control_is_in_force(broker: PostgresBroker) ->
                     new(limit_key="lock:y", limit_n=1, run_at=broker.clock.now() + 60)]
                    + [new() for _ in range(3)])
     with psycopg.connect(POSTGRES_URL) as conn:
-        params = broker._params(queues=["default"], limit=10, worker="w", lease=LEASE,
-                                token="t")
+        params = broker._reserve_params(["default"], 10, "w", LEASE)
         plan = "\n".join(r[0] for r in conn.execute(
             b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + broker._q["reserve"], params))
         conn.rollback()
     assert "Function Scan on reserve_flow r (never executed)" in plan
     assert len(broker.reserve(["default"], 10, "w", LEASE)) == 3
     assert len(broker.reserve(["other"], 10, "w", LEASE)) == 1
+
+
+def test_lock_keys_alone_are_admitted_by_the_reserve_statement(
+        broker: PostgresBroker) -> None:
+    """Ready jobs whose only keys are lock keys: the reserve statement admits them itself
+    (reserve_flow does not run), the first job of each free key."""
+    broker.enqueue([new(limit_key=f"lock:{k}", limit_n=1) for k in "abcab"]
+                   + [new() for _ in range(2)])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        params = broker._reserve_params(["default"], 10, "w", LEASE)
+        plan = "\n".join(r[0] for r in conn.execute(
+            b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + broker._q["reserve"], params))
+        conn.rollback()
+    assert "Function Scan on reserve_flow r (never executed)" in plan
+    got = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.limit_key or "-" for j in got) == ["-", "-", "lock:a", "lock:b", "lock:c"]
+
+
+def test_rate_keys_alone_are_admitted_by_the_reserve_statement(
+        broker: PostgresBroker, schema: str, clock: FakeClock) -> None:
+    """Ready jobs whose only keys are rate keys: the reserve statement takes their tokens
+    itself (reserve_flow does not run); the jobs its buckets cannot pay for go to the exact
+    path, which parks them until their token is due."""
+    a = [new(rate_key="rate:a", rate_per_second=1.0, rate_burst=3.0) for _ in range(5)]
+    b = [new(rate_key="rate:b", rate_per_second=1.0, rate_burst=10.0) for _ in range(2)]
+    plain = new()
+    broker.enqueue([*b, plain])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        params = broker._reserve_params(["default"], 10, "w", LEASE)
+        plan = "\n".join(r[0] for r in conn.execute(
+            b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + broker._q["reserve"], params))
+        conn.rollback()
+    assert "Function Scan on reserve_flow r (never executed)" in plan
+    broker.enqueue(a)
+    got = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.id for j in got) == sorted(j.id for j in a[:3] + b + [plain])
+    assert [i for i, _ in _rate_parked(schema)] == [j.id for j in a[3:]]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        tokens = dict(conn.execute(sql.SQL("SELECT key, tokens FROM {}.buckets")
+                                   .format(sql.Identifier(schema))).fetchall())
+    assert tokens == {"rate:a": 0.0, "rate:b": 8.0}
+    clock.advance(1.0)
+    assert [j.id for j in broker.reserve(["default"], 10, "w", LEASE)] == [a[3].id]
+
+
+def test_jobs_of_a_held_lock_key_go_to_the_exact_path(broker: PostgresBroker,
+                                                       schema: str) -> None:
+    """A reserve statement that leaves out a job of a held lock key hands the rest of its
+    batch to reserve_flow, which parks the key's backlog; a short reserve with jobs parked
+    does the same (its sweep), and a finish brings back the next job of the key."""
+    backlog = [new(limit_key="lock:a", limit_n=1) for _ in range(5)]
+    plain = [new() for _ in range(3)]
+    broker.enqueue(backlog + plain)
+    got = broker.reserve(["default"], 10, "w", LEASE)
+    assert sorted(j.id for j in got) == sorted(j.id for j in backlog[:1] + plain)
+    assert _parked(schema) == 4
+    assert broker.reserve(["default"], 10, "w", LEASE) == []
+    [held] = [j for j in got if j.limit_key]
+    assert broker.finish([_done(held)]) == [True]
+    [nxt] = broker.reserve(["default"], 10, "w", LEASE)
+    assert nxt.id == backlog[1].id and nxt.attempts == 1
+
+
+def test_a_lock_key_taken_after_the_reserve_snapshot(broker: PostgresBroker,
+                                                     schema: str) -> None:
+    """A job of a lock key admitted by another transaction that commits after the reserve
+    statement's snapshot: the statement fails on the unique index (having waited for that
+    transaction), and the exact path parks the job instead. Nothing is lost or run twice."""
+    mine, theirs = new(limit_key="lock:k", limit_n=1), new(limit_key="lock:k", limit_n=1)
+    other = new()
+    broker.enqueue([mine, theirs, other])
+    got: list[Job] = []
+    with psycopg.connect(POSTGRES_URL) as conn:
+        # the race's other side, made directly: the job taken, not yet committed
+        conn.execute(sql.SQL("UPDATE {}.jobs SET status = 'running' WHERE id = %s")
+                     .format(sql.Identifier(schema)), (theirs.id,))
+        reserving = threading.Thread(
+            target=lambda: got.extend(broker.reserve(["default"], 10, "w", LEASE)))
+        reserving.start()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as watch:
+            for _ in range(1000):  # until the reserve waits on the index entry
+                row = watch.execute("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                                    (f"%{schema}%",)).fetchone()
+                if row and row[0]:
+                    break
+                threading.Event().wait(0.01)
+            else:
+                raise AssertionError("the reserve never waited on the index")
+        conn.commit()
+    reserving.join()
+    assert [j.id for j in got] == [other.id]
+    job = broker.get(mine.id)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+    assert _parked(schema) == 1
 
 
 def test_upgrade_keeps_version_1_unique_keys(
@@ -424,7 +526,8 @@ def test_reserve_and_next_due_read_no_parked_backlog(broker: PostgresBroker, sch
         conn.execute(sql.SQL("ANALYZE {}").format(jobs))
     with psycopg.connect(POSTGRES_URL) as conn:
         for name, params in [("reserve", {"queues": ["default"], "limit": 10, "worker": "w",
-                                          "lease": LEASE, "token": "t"}),
+                                          "lease": LEASE, "token": "t", "fast": True,
+                                          "schema": schema}),
                              ("next_due", {"queues": ["default"]})]:
             conn.execute(broker._q[name], broker._params(**params)).fetchall()
             seq, seq_read, idx_read = conn.execute(

@@ -87,7 +87,7 @@ def rows_read(broker: PostgresBroker, name: str, **params: Any) -> int:
 
 @pytest.mark.parametrize(("name", "params", "budget"), [
     ("reserve", {"queues": ["c", "b", "a"], "limit": 10, "worker": "w", "lease": 30.0,
-                 "token": "t"}, 100),
+                 "token": "t", "fast": True, "schema": "s"}, 100),
     ("get", {"id": "f0000000042"}, 2),
     ("next_due", {"queues": ["a"]}, 10),
     ("recover_expired", {"limit": 3, "error": "x"}, 20),

@@ -212,7 +212,7 @@ def test_reserve_walks_the_ready_index_on_a_new_table(broker: PostgresBroker) ->
 
     for _ in range(4):
         broker.enqueue([new() for _ in range(5000)])
-    params = broker._params(**broker._reserve_params(["default"], 10, "w", LEASE))
+    params = broker._reserve_params(["default"], 10, "w", LEASE)
     with broker._conn() as conn:
         cur = conn.cursor()
         with conn.pipeline():
@@ -225,7 +225,8 @@ def test_reserve_walks_the_ready_index_on_a_new_table(broker: PostgresBroker) ->
     read = sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0)
                for n in nodes if n.get("Relation Name") == "jobs"
                and n["Node Type"] != "ModifyTable")
-    assert not any(n["Node Type"] == "Sort" for n in nodes)
+    # (the sorts of the lock and rate keys' path, over its batch alone, never run here)
+    assert not any(n["Node Type"] == "Sort" and n["Actual Loops"] for n in nodes)
     assert read <= 100, f"reserve read {read} rows of jobs"
 
 

@@ -126,47 +126,23 @@ LEFT JOIN LATERAL (SELECT true AS taken FROM {s}.jobs AS e
 ORDER BY i.pos;
 
 -- name: reserve
--- flow_mode (postgres_0011_lock_keys_in_reserve.sql) says which path runs; the others' scans
--- do not run (one-time filters).
--- 0, no flow control in force (no paused task, no ready job with a limit or rate key in
--- these queues, no parked job): one UPDATE. Queues in the order given, each scanned in
--- index order (priority, run_at, id) and locked with SKIP LOCKED; the nested loop runs the
--- next queue's scan only while the outer LIMIT still wants rows, so no row is locked that
--- is not taken.
--- 1, no key but lock keys among the ready jobs: the same scan, and of its jobs of lock keys
--- those admitted: the first of their key in the batch, with no running job of the key in
--- this snapshot, and the key's advisory lock taken (tried, never waited for). When a job
--- of a lock key is left out, or the batch is short while jobs of these queues are parked
--- behind a key (the exact path's sweep brings back those whose key freed unseen), a last
--- row with a NULL id tells the caller to run the exact path (%(fast)s false).
+-- flow_mode (postgres_0011_lock_keys_in_reserve.sql) says which path runs; the other's
+-- scans do not run (one-time filters).
+-- 0 or 1, no flow control in force, or only lock keys and rate keys among the ready jobs
+-- of these queues: one UPDATE of the first waiting jobs. Queues in the order given, each
+-- scanned in index order (priority, run_at, id) and locked with SKIP LOCKED; the nested
+-- loop runs the next queue's scan only while the outer LIMIT still wants rows, so no row
+-- is locked that is not considered. Of the jobs with keys (mode 1) it takes those
+-- admitted: a lock key's first job in the batch, with no running job of the key in this
+-- snapshot and the key's advisory lock taken (tried, never waited for); a rate key's jobs
+-- as far as its bucket, locked in key order, has tokens, which it takes. When it leaves
+-- a job out, or the batch is short while jobs of these queues are parked behind a key
+-- (the exact path's sweep brings back those whose key freed unseen), a last row with a
+-- NULL id tells the caller to run the exact path (%(fast)s false).
 -- 2, other flow control (or %(fast)s false): reserve_flow, in this same statement.
 WITH flow AS MATERIALIZED (
     SELECT CASE WHEN m = 1 AND NOT %(fast)s THEN 2 ELSE m END AS mode
     FROM {s}.flow_mode(%(queues)s::text[], {now}) AS m
-), plain AS (
-    UPDATE {s}.jobs AS j
-    SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
-        lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s
-    FROM (
-        SELECT c.id
-        FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
-        CROSS JOIN LATERAL (
-            SELECT w.id FROM {s}.jobs AS w
-            WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
-              AND w.park IS NULL AND (w.status = 'queued' OR w.run_at <= {now})
-            ORDER BY w.priority DESC, w.run_at, w.id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS c
-        WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
-          AND (SELECT mode FROM flow) = 0
-        LIMIT %(limit)s
-    ) AS pick
-    WHERE j.id = pick.id
-    RETURNING j.id, j.task, j.queue, j.payload, j.status, j.priority, j.attempts,
-        j.max_attempts, j.lost_leases, j.last_error, j.dead_reason, j.created_at,
-        j.run_at, j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token,
-        j.unique_key, j.task_version, j.result, j.trace, j.limit_key, j.rate_key
 ), cand AS MATERIALIZED (
     SELECT c.*, row_number() OVER () AS ord
     FROM (
@@ -182,7 +158,7 @@ WITH flow AS MATERIALIZED (
             FOR UPDATE SKIP LOCKED
         ) AS c
         WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
-          AND (SELECT mode FROM flow) = 1
+          AND (SELECT mode FROM flow) < 2
         LIMIT %(limit)s
     ) AS c
 ), rated AS MATERIALIZED (
@@ -233,8 +209,6 @@ WITH flow AS MATERIALIZED (
         j.run_at, j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token,
         j.unique_key, j.task_version, j.result, j.trace, j.limit_key, j.rate_key
 )
-SELECT * FROM plain
-UNION ALL
 SELECT * FROM fast
 UNION ALL
 SELECT r.id, r.task, r.queue, r.payload, r.status, r.priority, r.attempts,

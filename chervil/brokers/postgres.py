@@ -112,6 +112,11 @@ _RESERVE_PLAN = (b"SELECT set_config('enable_sort', 'off', true), "
                  b"set_config('enable_hashjoin', 'off', true), "
                  b"set_config('enable_mergejoin', 'off', true), "
                  b"set_config('plan_cache_mode', 'force_generic_plan', true)")
+# A reserve statement that lost a lock key to a concurrent one (a unique violation on
+# jobs_lock_running), or was chosen as a deadlock's victim (a worker not yet upgraded
+# finishes and reserves in one transaction): nothing was taken, and the exact path takes
+# the batch instead.
+_LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected)
 _LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
                   "(crashed, killed or hung)").to_json()
 
@@ -309,7 +314,7 @@ class PostgresBroker(Broker):
                     conn.execute(_RESERVE_PLAN)
                     cur.execute(self._q["reserve"],
                                 self._reserve_params(queues, limit, worker, lease_seconds))
-            except psycopg.errors.UniqueViolation:
+            except _LOST_RACE:
                 return self._reserve_rest(conn, None, queues, limit, worker, lease_seconds)
             return self._reserve_rest(conn, cur.fetchall(), queues, limit, worker,
                                       lease_seconds)
@@ -382,7 +387,7 @@ class PostgresBroker(Broker):
                     conn.execute(b"COMMIT")
                     conn.execute(_RESERVE_PLAN)
                     rcur.execute(self._q["reserve"], rparams)
-            except psycopg.errors.UniqueViolation:
+            except _LOST_RACE:
                 rows = None
             else:
                 rows = rcur.fetchall()

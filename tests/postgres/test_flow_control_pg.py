@@ -368,6 +368,25 @@ def test_a_lock_key_taken_after_the_reserve_snapshot(broker: PostgresBroker,
     assert _parked(schema) == 1
 
 
+def test_a_worker_not_yet_upgraded_still_reserves(broker: PostgresBroker,
+                                                  schema: str) -> None:
+    """A worker still running the client of schema version 10 asks flow_in_force, then
+    calls reserve_flow: both still exist, and its reserve respects the lock keys that the
+    reserve statement of an upgraded worker admitted."""
+    a1, a2, b1 = (new(limit_key=k, limit_n=1) for k in ("lock:a", "lock:a", "lock:b"))
+    broker.enqueue([a1])
+    [got] = broker.reserve(["default"], 10, "w", LEASE)  # the upgraded worker's statement
+    broker.enqueue([a2, b1])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        [(in_force,)] = conn.execute("SELECT flow_in_force(ARRAY['default'], %s)",
+                                     (broker.clock.now(),)).fetchall()
+        old = conn.execute("SELECT id FROM reserve_flow(ARRAY['default'], 10, 'old', %s, "
+                           "'t', %s)", (LEASE, broker.clock.now())).fetchall()
+        conn.commit()
+    assert got.id == a1.id and in_force and old == [(b1.id,)]
+
+
 def test_upgrade_keeps_version_1_unique_keys(
         schema: str, make_broker: Callable[..., PostgresBroker]) -> None:
     ident = sql.Identifier(schema)

@@ -65,6 +65,7 @@ def build(url: str | None = None, clock: Clock | None = None) -> Chervil:
     a.task(name="urgent", queue="critical")(probe)
     a.task(name="hog", retry=Retry(max_attempts=10))(hog)
     a.task(name="bulk", queue="batch")(sleepy)
+    a.task(name="locked", lock="acct:{key}")(sleepy)
     return a
 
 

@@ -368,6 +368,36 @@ def test_a_lock_key_taken_after_the_reserve_snapshot(broker: PostgresBroker,
     assert _parked(schema) == 1
 
 
+def test_the_exact_path_waits_for_the_advisory_lock_of_a_lock_key(
+        broker: PostgresBroker, schema: str) -> None:
+    """Both paths name a lock key's advisory lock alike: while a transaction holds it (as a
+    reserve statement admitting a job of the key does until it commits), reserve_flow
+    waits for it before counting the key's running jobs."""
+    job = new(limit_key="lock:k", limit_n=1)
+    broker.enqueue([job, new(limit_key="concurrency:t:", limit_n=2)])  # the exact path
+    got: list[Job] = []
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"{schema}/lock:k",))
+        reserving = threading.Thread(
+            target=lambda: got.extend(broker.reserve(["default"], 10, "w", LEASE)))
+        reserving.start()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as watch:
+            for _ in range(1000):
+                row = watch.execute("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE wait_event = 'advisory' AND query LIKE %s",
+                                    (f"%{schema}%",)).fetchone()
+                if row and row[0]:
+                    break
+                threading.Event().wait(0.01)
+            else:
+                raise AssertionError("reserve_flow never waited for the advisory lock")
+        assert got == []
+        conn.commit()
+    reserving.join()
+    assert job.id in {j.id for j in got} and len(got) == 2
+
+
 def test_a_worker_not_yet_upgraded_still_reserves(broker: PostgresBroker,
                                                   schema: str) -> None:
     """A worker still running the client of schema version 10 asks flow_in_force, then

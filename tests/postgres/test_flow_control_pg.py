@@ -273,6 +273,20 @@ def test_slow_path_only_when_flow_control_is_in_force(broker: PostgresBroker) ->
     assert len(broker.reserve(["other"], 10, "w", LEASE)) == 1
 
 
+def _wait_until_a_statement_waits(schema: str, event: str) -> None:
+    """Until a statement on ``schema`` waits for a lock of this kind (pg_stat_activity's
+    wait_event: "transactionid" for another transaction's row or index entry)."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as watch:
+        for _ in range(1000):
+            row = watch.execute("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE wait_event = %s AND query LIKE %s",
+                                (event, f"%{schema}%")).fetchone()
+            if row and row[0]:
+                return
+            threading.Event().wait(0.01)
+    raise AssertionError(f"no statement on {schema} waited for a lock ({event})")
+
+
 def test_lock_keys_alone_are_admitted_by_the_reserve_statement(
         broker: PostgresBroker) -> None:
     """Ready jobs whose only keys are lock keys: the reserve statement admits them itself
@@ -350,16 +364,7 @@ def test_a_lock_key_taken_after_the_reserve_snapshot(broker: PostgresBroker,
         reserving = threading.Thread(
             target=lambda: got.extend(broker.reserve(["default"], 10, "w", LEASE)))
         reserving.start()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as watch:
-            for _ in range(1000):  # until the reserve waits on the index entry
-                row = watch.execute("SELECT count(*) FROM pg_stat_activity "
-                                    "WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                                    (f"%{schema}%",)).fetchone()
-                if row and row[0]:
-                    break
-                threading.Event().wait(0.01)
-            else:
-                raise AssertionError("the reserve never waited on the index")
+        _wait_until_a_statement_waits(schema, "transactionid")  # on the index entry
         conn.commit()
     reserving.join()
     assert [j.id for j in got] == [other.id]
@@ -382,16 +387,7 @@ def test_the_exact_path_waits_for_the_advisory_lock_of_a_lock_key(
         reserving = threading.Thread(
             target=lambda: got.extend(broker.reserve(["default"], 10, "w", LEASE)))
         reserving.start()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as watch:
-            for _ in range(1000):
-                row = watch.execute("SELECT count(*) FROM pg_stat_activity "
-                                    "WHERE wait_event = 'advisory' AND query LIKE %s",
-                                    (f"%{schema}%",)).fetchone()
-                if row and row[0]:
-                    break
-                threading.Event().wait(0.01)
-            else:
-                raise AssertionError("reserve_flow never waited for the advisory lock")
+        _wait_until_a_statement_waits(schema, "advisory")
         assert got == []
         conn.commit()
     reserving.join()

@@ -117,6 +117,11 @@ _RESERVE_PLAN = (b"SELECT set_config('enable_sort', 'off', true), "
 # finishes and reserves in one transaction): nothing was taken, and the exact path takes
 # the batch instead.
 _LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected)
+
+
+def _lost_race(exc: psycopg.Error) -> bool:
+    return (isinstance(exc, psycopg.errors.DeadlockDetected)
+            or exc.diag.constraint_name == "jobs_lock_running")
 _LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
                   "(crashed, killed or hung)").to_json()
 
@@ -314,7 +319,9 @@ class PostgresBroker(Broker):
                     conn.execute(_RESERVE_PLAN)
                     cur.execute(self._q["reserve"],
                                 self._reserve_params(queues, limit, worker, lease_seconds))
-            except _LOST_RACE:
+            except _LOST_RACE as exc:
+                if not _lost_race(exc):
+                    raise
                 return self._reserve_rest(conn, None, queues, limit, worker, lease_seconds)
             return self._reserve_rest(conn, cur.fetchall(), queues, limit, worker,
                                       lease_seconds)
@@ -322,16 +329,17 @@ class PostgresBroker(Broker):
     def _reserve_rest(self, conn: psycopg.Connection[Any], rows: list[Any] | None,
                       queues: Sequence[str], limit: int, worker: str,
                       lease_seconds: float) -> list[Job]:
-        """The jobs of a reserve statement, and when it left out a job of a lock key (its
-        last row has no id) or lost a race for one (a unique violation: ``rows`` is None,
-        and nothing was taken), the rest of the batch from the exact path, reserve_flow,
-        which parks the jobs of held keys."""
+        """The jobs of a reserve statement, and when it left out a job of a lock or rate
+        key (a row with no id) or lost a race for a lock key (``rows`` is None: nothing
+        was taken), the rest of the batch from the exact path, reserve_flow, which parks
+        the jobs of held keys and empty buckets."""
         if rows is None:
             rows = []
-        elif not rows or rows[-1][0] is not None:
-            return self._reserved(rows, queues)
         else:
-            rows.pop()
+            taken = [r for r in rows if r[0] is not None]
+            if len(taken) == len(rows):
+                return self._reserved(rows, queues)
+            rows = taken
         cur = conn.cursor(binary=True)
         with conn.pipeline():
             conn.execute(_RESERVE_PLAN)
@@ -387,7 +395,9 @@ class PostgresBroker(Broker):
                     conn.execute(b"COMMIT")
                     conn.execute(_RESERVE_PLAN)
                     rcur.execute(self._q["reserve"], rparams)
-            except _LOST_RACE:
+            except _LOST_RACE as exc:
+                if not _lost_race(exc):
+                    raise
                 rows = None
             else:
                 rows = rcur.fetchall()

@@ -112,6 +112,8 @@ _RESERVE_PLAN = (b"SELECT set_config('enable_sort', 'off', true), "
                  b"set_config('enable_hashjoin', 'off', true), "
                  b"set_config('enable_mergejoin', 'off', true), "
                  b"set_config('plan_cache_mode', 'force_generic_plan', true)")
+_LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
+                  "(crashed, killed or hung)").to_json()
 # A reserve statement that lost a lock key to a concurrent one (a unique violation on
 # jobs_lock_running), or was chosen as a deadlock's victim (a worker not yet upgraded
 # finishes and reserves in one transaction): nothing was taken, and the exact path takes
@@ -122,8 +124,6 @@ _LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected)
 def _lost_race(exc: psycopg.Error) -> bool:
     return (isinstance(exc, psycopg.errors.DeadlockDetected)
             or exc.diag.constraint_name == "jobs_lock_running")
-_LOST = ErrorInfo("LeaseLost", "the worker holding this job's lease stopped renewing it "
-                  "(crashed, killed or hung)").to_json()
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

@@ -330,6 +330,33 @@ def test_rate_keys_alone_are_admitted_by_the_reserve_statement(
     assert [j.id for j in broker.reserve(["default"], 10, "w", LEASE)] == [a[3].id]
 
 
+def test_a_lock_reserve_probes_each_key_however_many_jobs_run(
+        broker: PostgresBroker) -> None:
+    """With 2,000 lock jobs running, a reserve statement of 10 looks up the running job of
+    each candidate's key in jobs_lock_running, one probe each, and reads no other entry."""
+    from chervil.brokers.postgres import _RESERVE_PLAN
+
+    broker.enqueue([new(limit_key=f"lock:{i}", limit_n=1) for i in range(2100)])
+    for _ in range(20):
+        assert len(broker.reserve(["default"], 100, "w", LEASE)) == 100
+    with broker._conn() as conn:
+        cur = conn.cursor()
+        with conn.pipeline():
+            conn.execute(_RESERVE_PLAN)
+            cur.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + broker._q["reserve"],
+                        broker._reserve_params(["default"], 10, "w", LEASE))
+        row = cur.fetchone()
+        assert row is not None
+        conn.rollback()
+
+    def probes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node] if node.get("Index Name") == "jobs_lock_running" else []
+        return found + [n for child in node.get("Plans", []) for n in probes(child)]
+
+    [probe] = probes(row[0][0]["Plan"])
+    assert probe["Actual Loops"] == 10 and probe["Actual Rows"] == 0
+
+
 def test_jobs_of_a_held_lock_key_go_to_the_exact_path(broker: PostgresBroker,
                                                        schema: str) -> None:
     """A reserve statement that leaves out a job of a held lock key hands the rest of its

@@ -192,9 +192,12 @@ WITH flow AS MATERIALIZED (
                WHEN c.limit_n = 1 AND c.limit_key LIKE 'lock:%%'
                     AND NOT EXISTS (SELECT 1 FROM cand AS d
                                     WHERE d.limit_key = c.limit_key AND d.ord < c.ord)
-                    AND NOT EXISTS (SELECT 1 FROM {s}.jobs AS r
-                                    WHERE r.limit_key = c.limit_key AND r.status = 'running'
-                                      AND r.limit_n = 1)
+                    -- (a probe per job: as NOT EXISTS, the planner hashed every entry of
+                    -- jobs_lock_running, 1.5 ms with 9,600 lock jobs running)
+                    AND (SELECT r.id FROM {s}.jobs AS r
+                         WHERE r.limit_key = c.limit_key AND r.status = 'running'
+                           AND r.limit_n = 1
+                         LIMIT 1) IS NULL
                THEN pg_try_advisory_xact_lock(
                    hashtextextended(%(schema)s || '/' || c.limit_key, 0))
                ELSE false END

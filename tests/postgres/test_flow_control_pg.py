@@ -334,27 +334,49 @@ def test_a_lock_reserve_probes_each_key_however_many_jobs_run(
         broker: PostgresBroker) -> None:
     """With 2,000 lock jobs running, a reserve statement of 10 looks up the running job of
     each candidate's key in jobs_lock_running, one probe each, and reads no other entry."""
-    from chervil.brokers.postgres import _RESERVE_PLAN
-
     broker.enqueue([new(limit_key=f"lock:{i}", limit_n=1) for i in range(2100)])
     for _ in range(20):
         assert len(broker.reserve(["default"], 100, "w", LEASE)) == 100
+    [probe] = _plan_nodes(_reserve_plan(broker, 10), index="jobs_lock_running")
+    assert probe["Actual Loops"] == 10 and probe["Actual Rows"] == 0
+
+
+def test_a_rate_reserve_reads_only_its_keys_buckets(broker: PostgresBroker) -> None:
+    """With 3,000 rate keys, a reserve statement of 10 jobs of 10 keys reads (to lock them)
+    and writes back those 10 buckets, one lookup each, and no other."""
+    broker.enqueue([new(rate_key=f"rate:{i}", rate_per_second=1.0, rate_burst=5.0)
+                    for i in range(3000)])
+    scans = _plan_nodes(_reserve_plan(broker, 10), relation="buckets")
+    assert len(scans) == 2
+    assert all(n["Actual Loops"] == 10 and n["Actual Rows"] == 1 for n in scans)
+
+
+def _reserve_plan(broker: PostgresBroker, limit: int) -> dict[str, Any]:
+    """The plan of a reserve statement as the broker sends it (its transaction's settings
+    first), run under EXPLAIN ANALYZE and rolled back."""
+    from chervil.brokers.postgres import _RESERVE_PLAN
+
     with broker._conn() as conn:
         cur = conn.cursor()
         with conn.pipeline():
             conn.execute(_RESERVE_PLAN)
             cur.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + broker._q["reserve"],
-                        broker._reserve_params(["default"], 10, "w", LEASE))
+                        broker._reserve_params(["default"], limit, "w", LEASE))
         row = cur.fetchone()
-        assert row is not None
         conn.rollback()
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
 
-    def probes(node: dict[str, Any]) -> list[dict[str, Any]]:
-        found = [node] if node.get("Index Name") == "jobs_lock_running" else []
-        return found + [n for child in node.get("Plans", []) for n in probes(child)]
 
-    [probe] = probes(row[0][0]["Plan"])
-    assert probe["Actual Loops"] == 10 and probe["Actual Rows"] == 0
+def _plan_nodes(node: dict[str, Any], index: str | None = None,
+                relation: str | None = None) -> list[dict[str, Any]]:
+    """The scans of an EXPLAIN (FORMAT JSON) plan through this index or of this table."""
+    found = [node] if ((index and node.get("Index Name") == index)
+                       or (relation and node.get("Relation Name") == relation
+                           and node["Node Type"] != "ModifyTable")) else []
+    return found + [n for child in node.get("Plans", [])
+                    for n in _plan_nodes(child, index, relation)]
 
 
 def test_jobs_of_a_held_lock_key_go_to_the_exact_path(broker: PostgresBroker,

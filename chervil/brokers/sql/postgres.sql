@@ -171,10 +171,11 @@ WITH flow AS MATERIALIZED (
     -- each key's bucket, locked in key order (its latest version), and its tokens now
     SELECT b.key, r.n, r.rate_per_second AS rate, r.rate_burst AS burst,
            least(r.rate_burst, b.tokens + ({now} - b.updated_at) * r.rate_per_second) AS avail
-    FROM (SELECT b.key, b.tokens, b.updated_at FROM {s}.buckets AS b
-          WHERE b.key IN (SELECT r.rate_key FROM rated AS r)
-          ORDER BY b.key
-          FOR UPDATE) AS b
+    -- (each key's row by its primary key, in a nested loop over the sorted keys: as a
+    -- semi-join the planner read every bucket, 230 ms with 50,000 keys)
+    FROM (SELECT DISTINCT r.rate_key AS key FROM rated AS r ORDER BY 1) AS u
+    CROSS JOIN LATERAL (SELECT b.key, b.tokens, b.updated_at FROM {s}.buckets AS b
+                        WHERE b.key = u.key FOR UPDATE) AS b
     JOIN rated AS r ON r.rate_key = b.key AND r.rn = 1
 ), spent AS (
     UPDATE {s}.buckets AS b

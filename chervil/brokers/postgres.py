@@ -21,35 +21,38 @@ took the key, in which mode, until when); enqueue row-locks its batch's keys in 
 (``lock_unique``) and then, with a snapshot taken after the locks, skips the jobs whose key
 is still held, so concurrent producers of one key get exactly one job. A requeued job whose
 key another job has taken since is requeued but does not take the key back (it holds it
-again only if the key still names it). Lock keys and rate keys are admitted by the reserve
-statement itself when they are the only flow control in force in the queues asked for
-(``flow_mode``, postgres_0011_lock_keys_in_reserve.sql): a lock key's job runs only while
-it holds the key's entry in the unique index ``jobs_lock_running`` (the statement tries the
-key's advisory lock first, so it never waits for another reserve), and a rate key's tokens
-are taken from its ``buckets`` row, locked in key order. A job that statement leaves out (a
-held key, an empty bucket) or loses to a concurrent reserve (a unique violation) sends the
-rest of the batch to the exact path, ``reserve_flow``, in a second statement.
-``reserve_flow`` runs at once when a task is paused, jobs are parked for a token, or a
-ready job has another limit key (postgres_0003_flow_skip_locked.sql); it locks its picks
-with SKIP LOCKED, so concurrent reserves take different jobs, then the ``slots`` rows of
-their keys, the advisory locks of their lock keys (waiting for a reserve statement that
-holds one) and the ``buckets`` rows, each in key order, counts running jobs per key from
-``jobs`` with a fresh snapshot, and admits within the free slots and tokens, all in the
-reserve's own transaction. Running jobs are counted, not tracked, so finish, release and
-recover free a slot by leaving ``running`` and take no lock for it. Jobs of a key that is
-full, met at the head of a queue, are parked (``park``), out of the index reserve reads, so
-a backlog behind one lock costs reserve nothing; a job leaving ``running`` brings back the
-first parked job of its key (a trigger), and a sweep (``unpark_free_keys``, run by recover
-and by a reserve that comes back short) brings back any the trigger missed
-(postgres_0005_parked_jobs.sql). Jobs of an empty token bucket are parked the same way
-until their token is due (``park_due``, one token apart per key); reserve brings back the
-due ones of its queues first, and ``next_due`` counts them, so a waiting worker wakes for
-them (postgres_0006_parked_rate_jobs.sql).
+again only if the key still names it). Lock keys and rate keys are admitted by a reserve
+statement of their own, ``reserve_keys``, when they are the only flow control in force in
+the queues asked for (``flow_mode``, postgres_0011_lock_keys_in_reserve.sql): the plain
+``reserve`` says when it meets them, and the broker sends ``reserve_keys`` for those queues
+until that one meets something else. A lock key's job runs only while it holds the key's
+entry in the unique index ``jobs_lock_running`` (the statement tries the key's advisory
+lock first, so it never waits for another reserve), and a rate key's tokens are taken from
+its ``buckets`` row, locked in key order. A job that statement leaves out (a held key, an
+empty bucket) or loses to a concurrent reserve (a unique violation) sends the rest of the
+batch to the exact path, ``reserve_flow``, in a second statement. ``reserve_flow`` runs at
+once when a task is paused, jobs are parked for a token, or a ready job has another limit
+key (postgres_0003_flow_skip_locked.sql); it locks its picks with SKIP LOCKED, so
+concurrent reserves take different jobs, then the ``slots`` rows of their keys, the
+advisory locks of their lock keys (waiting for a reserve statement that holds one) and the
+``buckets`` rows, each in key order, counts running jobs per key from ``jobs`` with a fresh
+snapshot, and admits within the free slots and tokens, all in the reserve's own
+transaction. Running jobs are counted, not tracked, so finish, release and recover free a
+slot by leaving ``running`` and take no lock for it. Jobs of a key that is full, met at the
+head of a queue, are parked (``park``), out of the index reserve reads, so a backlog behind
+one lock costs reserve nothing; a job leaving ``running`` brings back the first parked job
+of its key (a trigger), and a sweep (``unpark_free_keys``, run by recover and by a reserve
+that comes back short) brings back any the trigger missed (postgres_0005_parked_jobs.sql).
+Jobs of an empty token bucket are parked the same way until their token is due
+(``park_due``, one token apart per key); reserve brings back the due ones of its queues
+first, and ``next_due`` counts them, so a waiting worker wakes for them
+(postgres_0006_parked_rate_jobs.sql).
 
 Round trips per call: enqueue 1 (a plain insert when no job of the batch has a unique,
 limit or rate key; two statements pipelined when the batch has unique keys), reserve 1,
 finish 1, finish_and_reserve 1 (two statements pipelined, each its own transaction; a
-reserve that leaves a flow-controlled job out or loses a race for a key: 1 more),
+reserve that first meets lock or rate keys alone in its queues, or leaves such a job out,
+or loses a race for a key: 1 more),
 extend/release 1, recover 2 (the sweep of parked keys, then the expired leases), prune 1
 per batch, every other verb 1.
 ``enqueue(jobs, connection=conn)`` runs on the caller's psycopg connection inside its open
@@ -157,6 +160,8 @@ class PostgresBroker(Broker):
         self._listeners: list[psycopg.Connection[Any]] = []  # every LISTENing connection
         self._idle_listeners: list[psycopg.Connection[Any]] = []  # those no thread waits on
         self._deadlines = Deadlines(self.options.call_timeout, "PostgreSQL")
+        # queues whose last reserve met lock and rate keys alone: reserve_keys serves them
+        self._keyed: set[tuple[str, ...]] = set()
 
     # -- connections ---------------------------------------------------------------------
     def _pool(self) -> ConnectionPool:
@@ -317,8 +322,7 @@ class PostgresBroker(Broker):
             try:
                 with conn.pipeline():
                     conn.execute(_RESERVE_PLAN)
-                    cur.execute(self._q["reserve"],
-                                self._reserve_params(queues, limit, worker, lease_seconds))
+                    cur.execute(*self._reserve_statement(queues, limit, worker, lease_seconds))
             except _LOST_RACE as exc:
                 if not _lost_race(exc):
                     raise
@@ -326,26 +330,51 @@ class PostgresBroker(Broker):
             return self._reserve_rest(conn, cur.fetchall(), queues, limit, worker,
                                       lease_seconds)
 
+    def _reserve_statement(self, queues: Sequence[str], limit: int, worker: str,
+                           lease_seconds: float, exact: bool = False) -> tuple[bytes,
+                                                                              dict[str, Any]]:
+        """reserve, or reserve_keys for queues whose last reserve met lock and rate keys
+        alone (``exact``: reserve_keys sending the batch to reserve_flow)."""
+        keys = exact or tuple(queues) in self._keyed
+        return (self._q["reserve_keys" if keys else "reserve"],
+                self._reserve_params(queues, limit, worker, lease_seconds, fast=not exact))
+
     def _reserve_rest(self, conn: psycopg.Connection[Any], rows: list[Any] | None,
                       queues: Sequence[str], limit: int, worker: str,
                       lease_seconds: float) -> list[Job]:
-        """The jobs of a reserve statement, and when it left out a job of a lock or rate
-        key (a row with no id) or lost a race for a lock key (``rows`` is None: nothing
-        was taken), the rest of the batch from the exact path, reserve_flow, which parks
-        the jobs of held keys and empty buckets."""
-        if rows is None:
-            rows = []
-        else:
-            taken = [r for r in rows if r[0] is not None]
-            if len(taken) == len(rows):
-                return self._reserved(rows, queues)
-            rows = taken
-        cur = conn.cursor(binary=True)
-        with conn.pipeline():
-            conn.execute(_RESERVE_PLAN)
-            cur.execute(self._q["reserve"], self._reserve_params(
-                queues, limit - len(rows), worker, lease_seconds, fast=False))
-        return self._reserved(rows + cur.fetchall(), queues)
+        """The jobs of a reserve statement, and what its last row (with no id) asks for:
+        'keys', reserve_keys for the batch; 'exact', reserve_flow for the rest of it (a job
+        of a lock or rate key left out); 'plain', reserve next time. ``rows`` is None when
+        reserve_keys lost a race for a lock key: it took nothing, and reserve_flow takes the
+        batch."""
+        taken: list[Any] = []
+        for step in range(3):  # reserve, then reserve_keys, then reserve_flow at most
+            then = "exact" if rows is None else None
+            for r in rows or ():
+                if r[0] is not None:
+                    taken.append(r)
+                else:
+                    then = r[4]
+            if then == "plain":
+                self._keyed.discard(tuple(queues))
+            elif then == "keys":
+                self._keyed.add(tuple(queues))
+            if then not in ("keys", "exact") or len(taken) >= limit or step == 2:
+                break
+            cur = conn.cursor(binary=True)
+            try:
+                with conn.pipeline():
+                    conn.execute(_RESERVE_PLAN)
+                    cur.execute(*self._reserve_statement(
+                        queues, limit - len(taken), worker, lease_seconds,
+                        exact=then == "exact"))
+            except _LOST_RACE as exc:
+                if not _lost_race(exc):
+                    raise
+                rows = None
+            else:
+                rows = cur.fetchall()
+        return self._reserved(taken, queues)
 
     def _reserve_params(self, queues: Sequence[str], limit: int, worker: str,
                         lease_seconds: float, fast: bool = True) -> dict[str, Any]:
@@ -385,7 +414,7 @@ class PostgresBroker(Broker):
         if limit <= 0 or not queues:
             return self.finish(outcomes), []
         fparams = self._params(**self._finish_params(outcomes))
-        rparams = self._reserve_params(queues, limit, worker, lease_seconds)
+        rstatement = self._reserve_statement(queues, limit, worker, lease_seconds)
         with self._conn() as conn:
             fcur, rcur = conn.cursor(), conn.cursor(binary=True)  # (as in reserve)
             try:
@@ -394,7 +423,7 @@ class PostgresBroker(Broker):
                     fcur.execute(self._q["finish"], fparams)
                     conn.execute(b"COMMIT")
                     conn.execute(_RESERVE_PLAN)
-                    rcur.execute(self._q["reserve"], rparams)
+                    rcur.execute(*rstatement)
             except _LOST_RACE as exc:
                 if not _lost_race(exc):
                     raise

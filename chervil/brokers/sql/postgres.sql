@@ -126,22 +126,72 @@ LEFT JOIN LATERAL (SELECT true AS taken FROM {s}.jobs AS e
 ORDER BY i.pos;
 
 -- name: reserve
--- flow_mode (postgres_0011_lock_keys_in_reserve.sql) says which path runs; the other's
+-- flow_mode (postgres_0011_lock_keys_in_reserve.sql) says which path runs; the others'
 -- scans do not run (one-time filters).
--- 0 or 1, no flow control in force, or only lock keys and rate keys among the ready jobs
--- of these queues: one UPDATE of the first waiting jobs. Queues in the order given, each
--- scanned in index order (priority, run_at, id) and locked with SKIP LOCKED; the nested
--- loop runs the next queue's scan only while the outer LIMIT still wants rows, so no row
--- is locked that is not considered. Of the jobs with keys (mode 1) it takes those
+-- 0, no flow control in force (no paused task, no ready job with a limit or rate key in
+-- these queues, no parked job): one UPDATE. Queues in the order given, each scanned in
+-- index order (priority, run_at, id) and locked with SKIP LOCKED; the nested loop runs the
+-- next queue's scan only while the outer LIMIT still wants rows, so no row is locked that
+-- is not taken.
+-- 1, only lock keys and rate keys among the ready jobs: a row with a NULL id and the
+-- status 'keys' tells the caller to send reserve_keys instead (it does so for these
+-- queues until reserve_keys says 'plain').
+-- 2, other flow control: reserve_flow, in this same statement.
+WITH flow AS MATERIALIZED (
+    SELECT {s}.flow_mode(%(queues)s::text[], {now}) AS mode
+), plain AS (
+    UPDATE {s}.jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
+        lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s
+    FROM (
+        SELECT c.id
+        FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, pos)
+        CROSS JOIN LATERAL (
+            SELECT w.id FROM {s}.jobs AS w
+            WHERE w.queue = q.name AND w.status IN ('scheduled', 'queued')
+              AND w.park IS NULL AND (w.status = 'queued' OR w.run_at <= {now})
+            ORDER BY w.priority DESC, w.run_at, w.id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE NOT EXISTS (SELECT 1 FROM {s}.queues AS p WHERE p.name = q.name AND p.paused)
+          AND (SELECT mode FROM flow) = 0
+        LIMIT %(limit)s
+    ) AS pick
+    WHERE j.id = pick.id
+    RETURNING j.id, j.task, j.queue, j.payload, j.status, j.priority, j.attempts,
+        j.max_attempts, j.lost_leases, j.last_error, j.dead_reason, j.created_at,
+        j.run_at, j.started_at, j.finished_at, j.worker, j.lease_until, j.lease_token,
+        j.unique_key, j.task_version, j.result, j.trace, j.limit_key, j.rate_key
+)
+SELECT * FROM plain
+UNION ALL
+SELECT r.id, r.task, r.queue, r.payload, r.status, r.priority, r.attempts,
+    r.max_attempts, r.lost_leases, r.last_error, r.dead_reason, r.created_at, r.run_at,
+    r.started_at, r.finished_at, r.worker, r.lease_until, r.lease_token, r.unique_key,
+    r.task_version, r.result, r.trace, r.limit_key, r.rate_key
+FROM {s}.reserve_flow(%(queues)s::text[], %(limit)s::integer, %(worker)s::text,
+                      %(lease)s::float8, %(token)s::text, {now}) AS r
+WHERE (SELECT mode FROM flow) = 2
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, 'keys', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE (SELECT mode FROM flow) = 1;
+
+-- name: reserve_keys
+-- reserve when the ready jobs of these queues carry no key but lock keys and rate keys
+-- (flow_mode 1): the same scan as reserve's UPDATE, and of its jobs with keys those
 -- admitted: a lock key's first job in the batch, with no running job of the key in this
 -- snapshot and the key's advisory lock taken (tried, never waited for); a rate key's jobs
--- as far as its bucket, locked in key order, has tokens, which it takes. When it leaves
--- a job out, or the batch is short while jobs of these queues are parked behind a key
--- (the exact path's sweep brings back those whose key freed unseen), a last row with a
--- NULL id tells the caller to run the exact path (%(fast)s false).
--- 2, other flow control (or %(fast)s false): reserve_flow, in this same statement.
+-- as far as its bucket, locked in key order, has tokens, which it takes (take_tokens).
+-- The last row, with a NULL id, tells the caller what to do next: 'exact' when this
+-- statement left a job out, or came back short while jobs of these queues are parked
+-- behind a key (the exact path's sweep brings back those whose key freed unseen): send it
+-- again with %(fast)s false, which runs reserve_flow for the rest of the batch; 'plain'
+-- when flow_mode was not 1 (the jobs it took were taken as reserve would): send reserve
+-- next time.
 WITH flow AS MATERIALIZED (
-    SELECT CASE WHEN m = 1 AND NOT %(fast)s THEN 2 ELSE m END AS mode
+    SELECT m, CASE WHEN m = 1 AND NOT %(fast)s THEN 2 ELSE m END AS mode
     FROM {s}.flow_mode(%(queues)s::text[], {now}) AS m
 ), cand AS MATERIALIZED (
     SELECT c.*, row_number() OVER () AS ord
@@ -161,35 +211,19 @@ WITH flow AS MATERIALIZED (
           AND (SELECT mode FROM flow) < 2
         LIMIT %(limit)s
     ) AS c
-), rated AS MATERIALIZED (
-    -- the jobs of each rate key in batch order; the first one's rate and burst are the key's
-    SELECT c.id, c.rate_key, c.rate_per_second, c.rate_burst,
-           row_number() OVER (PARTITION BY c.rate_key ORDER BY c.ord) AS rn,
-           count(*) OVER (PARTITION BY c.rate_key) AS n
-    FROM cand AS c WHERE c.rate_key IS NOT NULL AND c.limit_key IS NULL
-), bucket AS MATERIALIZED (
-    -- each key's bucket, locked in key order (its latest version), and its tokens now
-    SELECT b.key, r.n, r.rate_per_second AS rate, r.rate_burst AS burst,
-           least(r.rate_burst, b.tokens + ({now} - b.updated_at) * r.rate_per_second) AS avail
-    -- (each key's row by its primary key, in a nested loop over the sorted keys: as a
-    -- semi-join the planner read every bucket, 230 ms with 50,000 keys)
-    FROM (SELECT DISTINCT r.rate_key AS key FROM rated AS r ORDER BY 1) AS u
-    CROSS JOIN LATERAL (SELECT b.key, b.tokens, b.updated_at FROM {s}.buckets AS b
-                        WHERE b.key = u.key FOR UPDATE) AS b
-    JOIN rated AS r ON r.rate_key = b.key AND r.rn = 1
-), spent AS (
-    UPDATE {s}.buckets AS b
-    SET tokens = k.avail - least(k.n, floor(k.avail)), updated_at = {now},
-        full_at = {now} + (k.burst - (k.avail - least(k.n, floor(k.avail)))) / k.rate
-    FROM bucket AS k
-    WHERE b.key = k.key AND k.avail >= 1
+), tokens AS MATERIALIZED (
+    -- the jobs of rate keys that their buckets pay for: take_tokens runs only when the
+    -- batch has such jobs (its statements written in this one cost every reserve 0.1 ms,
+    -- even on no row); cand is read in its order, which array_agg keeps
+    SELECT t.id
+    FROM (SELECT array_agg(c.id) AS ids FROM cand AS c
+          WHERE c.rate_key IS NOT NULL AND c.limit_key IS NULL
+          HAVING count(*) > 0) AS a
+    CROSS JOIN LATERAL {s}.take_tokens(a.ids, {now}) AS t(id)
 ), pick AS MATERIALIZED (
     SELECT c.id FROM cand AS c
-    WHERE CASE WHEN c.rate_key IS NOT NULL
-               THEN c.limit_key IS NULL
-                    AND EXISTS (SELECT 1 FROM rated AS r JOIN bucket AS k ON k.key = r.rate_key
-                                WHERE r.id = c.id AND r.rn <= floor(k.avail))
-               WHEN c.limit_key IS NULL THEN true
+    WHERE c.rate_key IS NULL
+      AND CASE WHEN c.limit_key IS NULL THEN true
                WHEN c.limit_n = 1 AND c.limit_key LIKE 'lock:%%'
                     AND NOT EXISTS (SELECT 1 FROM cand AS d
                                     WHERE d.limit_key = c.limit_key AND d.ord < c.ord)
@@ -202,6 +236,8 @@ WITH flow AS MATERIALIZED (
                THEN pg_try_advisory_xact_lock(
                    hashtextextended(%(schema)s || '/' || c.limit_key, 0))
                ELSE false END
+    UNION ALL
+    SELECT t.id FROM tokens AS t
 ), fast AS (
     UPDATE {s}.jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
@@ -223,9 +259,11 @@ FROM {s}.reserve_flow(%(queues)s::text[], %(limit)s::integer, %(worker)s::text,
                       %(lease)s::float8, %(token)s::text, {now}) AS r
 WHERE (SELECT mode FROM flow) = 2
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-WHERE (SELECT count(*) FROM pick) < (SELECT count(*) FROM cand)
+SELECT NULL, NULL, NULL, NULL, CASE WHEN (SELECT m FROM flow) <> 1 THEN 'plain' ELSE 'exact' END,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL
+WHERE (SELECT m FROM flow) <> 1
+   OR (SELECT count(*) FROM pick) < (SELECT count(*) FROM cand)
    OR CASE WHEN (SELECT mode FROM flow) = 1 AND (SELECT count(*) FROM pick) < %(limit)s
            THEN EXISTS (SELECT 1 FROM {s}.jobs AS p
                         WHERE p.queue = ANY(%(queues)s::text[])

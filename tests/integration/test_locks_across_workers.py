@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -31,19 +34,46 @@ def test_two_workers_never_run_two_jobs_of_one_lock_key_at_once(
     e.worker("-p", "1", "-t", "4")
     wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in handles), timeout=60,
              what="every job")
+    runs = key_runs(e, until=float("inf"))
+    assert sorted(k for k in runs if k.startswith("k")) == ["k0", "k1", "k2", "k3"]
+    for key in ("k0", "k1", "k2", "k3"):  # each job once, from start to end
+        assert len(runs[key]) == 20 and all("end" in r for r in runs[key].values()), key
+    assert sum(1 for k in runs if k.startswith("p")) == 40
+
+def test_a_lock_held_by_a_killed_worker_frees_and_runs_never_overlap(
+        env: Callable[..., Env], broker_url: str) -> None:
+    """A worker SIGKILLed while it runs jobs of lock keys: its locks free when its leases
+    are recovered, every job ends succeeded, and the runs of one key never overlap (a run
+    cut by the kill counts as running until the kill)."""
+    e = env(broker_url=broker_url, lease_seconds="3")
+    app = e.app()
+    handles = app.enqueue_many([app.tasks["locked"].prepare(f"k{i % 6}", 0.05)
+                                for i in range(120)])
+    doomed = e.worker("-p", "1", "-t", "4")
+    e.worker("-p", "1", "-t", "4")
+    wait_for(lambda: sum(r[2] == "start" for r in e.ledger()) >= 20, what="jobs under way")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    killed_at = time.time()
+    wait_for(lambda: all(h.status() is JobStatus.SUCCEEDED for h in handles), timeout=90,
+             what="every job, the killed worker's too")
+    key_runs(e, until=killed_at)
+
+
+def key_runs(e: Env, until: float) -> dict[str, dict[tuple[str, int], dict[str, float]]]:
+    """The runs the tasks recorded, per key, per (job, process): their start and end times.
+    Checks that the runs of one key never overlap; a run with no end (its process killed)
+    counts as running until ``until``."""
     conn = sqlite3.connect(e.ledger_path)
     try:
-        rows = conn.execute("SELECT job, key, at FROM ledger").fetchall()
+        rows = conn.execute("SELECT job, key, event, pid, at FROM ledger").fetchall()
     finally:
         conn.close()
-    runs: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for job, key, at in rows:
-        if key.startswith("k"):
-            runs[key].setdefault(job, []).append(at)
-    assert sorted(runs) == ["k0", "k1", "k2", "k3"]
-    for key, by_job in runs.items():
-        assert len(by_job) == 20 and all(len(t) == 2 for t in by_job.values()), key
-        spans = sorted((min(t), max(t)) for t in by_job.values())
+    runs: dict[str, dict[tuple[str, int], dict[str, float]]] = defaultdict(dict)
+    for job, key, event, pid, at in rows:
+        runs[key].setdefault((job, pid), {})[event] = at
+    for key, by_run in runs.items():
+        spans = sorted((r.get("start", r.get("run", 0.0)), r.get("end", until))
+                       for r in by_run.values())
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two jobs of {key} ran at once"
-    assert sum(1 for r in rows if r[1].startswith("p")) == 40
+    return runs

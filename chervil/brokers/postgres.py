@@ -318,17 +318,34 @@ class PostgresBroker(Broker):
         if limit <= 0 or not queues:
             return []
         with self._conn() as conn:
-            cur = conn.cursor(binary=True)  # rows in binary: no text to parse
-            try:
-                with conn.pipeline():
-                    conn.execute(_RESERVE_PLAN)
-                    cur.execute(*self._reserve_statement(queues, limit, worker, lease_seconds))
-            except _LOST_RACE as exc:
-                if not _lost_race(exc):
-                    raise
-                return self._reserve_rest(conn, None, queues, limit, worker, lease_seconds)
-            return self._reserve_rest(conn, cur.fetchall(), queues, limit, worker,
-                                      lease_seconds)
+            _, rows = self._send_reserve(
+                conn, self._reserve_statement(queues, limit, worker, lease_seconds))
+            return self._reserve_rest(conn, rows, queues, limit, worker, lease_seconds)
+
+    def _send_reserve(self, conn: psycopg.Connection[Any], statement: tuple[bytes, Any],
+                      finish: dict[str, Any] | None = None
+                      ) -> tuple[list[Any], list[Any] | None]:
+        """One pipeline, one round trip: the finish first when there is one, committed in a
+        transaction of its own, then the reserve statement with the plan settings of its
+        transaction. Returns the finish's rows and the reserve's, or None for the reserve's
+        when it lost a race for a lock key (see _LOST_RACE): it took nothing."""
+        fcur = conn.cursor() if finish is not None else None
+        rcur = conn.cursor(binary=True)  # rows in binary: no text to parse
+        try:
+            with conn.pipeline():
+                if fcur is not None:
+                    conn.execute(b"BEGIN")
+                    fcur.execute(self._q["finish"], finish)
+                    conn.execute(b"COMMIT")
+                conn.execute(_RESERVE_PLAN)
+                rcur.execute(*statement)
+        except _LOST_RACE as exc:
+            if not _lost_race(exc):
+                raise
+            rows = None
+        else:
+            rows = rcur.fetchall()
+        return (fcur.fetchall() if fcur is not None else []), rows
 
     def _reserve_statement(self, queues: Sequence[str], limit: int, worker: str,
                            lease_seconds: float, exact: bool = False) -> tuple[bytes,
@@ -361,19 +378,8 @@ class PostgresBroker(Broker):
                 self._keyed.add(tuple(queues))
             if then not in ("keys", "exact") or len(taken) >= limit or step == 2:
                 break
-            cur = conn.cursor(binary=True)
-            try:
-                with conn.pipeline():
-                    conn.execute(_RESERVE_PLAN)
-                    cur.execute(*self._reserve_statement(
-                        queues, limit - len(taken), worker, lease_seconds,
-                        exact=then == "exact"))
-            except _LOST_RACE as exc:
-                if not _lost_race(exc):
-                    raise
-                rows = None
-            else:
-                rows = cur.fetchall()
+            _, rows = self._send_reserve(conn, self._reserve_statement(
+                queues, limit - len(taken), worker, lease_seconds, exact=then == "exact"))
         return self._reserved(taken, queues)
 
     def _reserve_params(self, queues: Sequence[str], limit: int, worker: str,
@@ -416,21 +422,8 @@ class PostgresBroker(Broker):
         fparams = self._params(**self._finish_params(outcomes))
         rstatement = self._reserve_statement(queues, limit, worker, lease_seconds)
         with self._conn() as conn:
-            fcur, rcur = conn.cursor(), conn.cursor(binary=True)  # (as in reserve)
-            try:
-                with conn.pipeline():
-                    conn.execute(b"BEGIN")
-                    fcur.execute(self._q["finish"], fparams)
-                    conn.execute(b"COMMIT")
-                    conn.execute(_RESERVE_PLAN)
-                    rcur.execute(*rstatement)
-            except _LOST_RACE as exc:
-                if not _lost_race(exc):
-                    raise
-                rows = None
-            else:
-                rows = rcur.fetchall()
-            return (self._finished(outcomes, fcur.fetchall()),
+            done, rows = self._send_reserve(conn, rstatement, finish=fparams)
+            return (self._finished(outcomes, done),
                     self._reserve_rest(conn, rows, queues, limit, worker, lease_seconds))
 
     @staticmethod
